@@ -1,0 +1,2 @@
+//! capillary-aka (under construction).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The `capillary` command (under construction).
+fn main() {}

@@ -1,0 +1,2 @@
+//! capillary-eap (under construction).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! capillary-network (under construction).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! capillary-radius (under construction).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! capillary-store (under construction).
+#![forbid(unsafe_code)]
