@@ -1,2 +1,170 @@
-//! The `capillary` command (under construction).
-fn main() {}
+//! `capillary`: the network side, provisioning, vector generation and a soft USIM, in one binary.
+//! `main` only parses the command line and calls into the library crates.
+#![forbid(unsafe_code)]
+
+mod auc_gen;
+mod subscriber;
+mod usim_agent;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Capillary: EAP-AKA' authentication for MTC gateways and the devices behind them.
+#[derive(Debug, Parser)]
+#[command(name = "capillary", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the network side: RADIUS front end, EAP-AKA' server, AuC over the subscriber store.
+    Core(CoreArgs),
+    /// Provision subscribers in the store.
+    #[command(subcommand)]
+    Subscriber(subscriber::SubscriberCmd),
+    /// Generate an authentication vector, like `osmo-auc-gen -3 -a milenage`.
+    AucGen(auc_gen::AucGenArgs),
+    /// Soft USIM for wpa_supplicant / eapol_test with `external_sim=1`.
+    UsimAgent(UsimAgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CoreArgs {
+    /// TOML configuration file (every field optional; flags override it).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    validate: bool,
+    /// Directory of the embedded store.
+    #[arg(long, env = "CAPILLARY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// RADIUS listen address, e.g. 127.0.0.1:1812.
+    #[arg(long)]
+    radius_listen: Option<std::net::SocketAddr>,
+    /// Network name for AT_KDF_INPUT (RFC 9048 §3.1).
+    #[arg(long)]
+    network_name: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct UsimAgentArgs {
+    /// The supplicant's control socket: `<ctrl_interface dir>/<ifname>` (eapol_test: `-T dir`, ifname `test`).
+    #[arg(long)]
+    ctrl: PathBuf,
+    /// Subscriber key K (hex).
+    #[arg(long, short = 'k')]
+    key: String,
+    /// OPc (hex).
+    #[arg(long, short = 'o', conflicts_with = "op")]
+    opc: Option<String>,
+    /// OP (hex); OPc is computed from it.
+    #[arg(long, short = 'O')]
+    op: Option<String>,
+    /// SQN_MS of a new USIM: every IND lane starts at SEQ(sqn) (ignored when --state exists).
+    #[arg(long, short = 's', default_value_t = 0)]
+    sqn: u64,
+    /// IND length in bits (TS 33.102 Annex C).
+    #[arg(long, short = 'l', default_value_t = 5)]
+    ind_len: u8,
+    /// File keeping the USIM's SEQ array across runs.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Seconds to wait for the control socket.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAPILLARY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Core(args) => core(args),
+        Command::Subscriber(cmd) => subscriber::run(cmd),
+        Command::AucGen(args) => auc_gen::run(args),
+        Command::UsimAgent(args) => usim_agent_cmd(args),
+    }
+}
+
+/// The default data directory: `$XDG_DATA_HOME/capillary`, else `~/.local/share/capillary`.
+pub(crate) fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("capillary");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/capillary"),
+        None => PathBuf::from("capillary-data"),
+    }
+}
+
+fn core(args: CoreArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            capillary_network::config::CoreConfig::from_toml(&text)
+                .with_context(|| format!("in {}", path.display()))?
+        }
+        None => capillary_network::config::CoreConfig::default(),
+    };
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = Some(d);
+    }
+    if let Some(l) = args.radius_listen {
+        cfg.radius.listen = l;
+    }
+    if let Some(n) = args.network_name {
+        cfg.eap.network_name = n;
+    }
+    if cfg.data_dir.is_none() {
+        cfg.data_dir = Some(default_data_dir());
+    }
+    cfg.check()?;
+    if args.validate {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(capillary_network::run(cfg))
+}
+
+fn usim_agent_cmd(args: UsimAgentArgs) -> Result<()> {
+    use capillary_secrets::{Op, Opc, Secret, K};
+    let k = K::from_hex(&args.key).context("--key")?;
+    let opc = match (args.opc, args.op) {
+        (Some(opc), _) => Opc::from_hex(&opc).context("--opc")?,
+        (None, Some(op)) => capillary_aka::opc_from_op(&k, &Op::from_hex(&op).context("--op")?),
+        (None, None) => anyhow::bail!("give --opc or --op"),
+    };
+    let sqn = capillary_secrets::Sqn::new(args.sqn).context("--sqn must fit in 48 bits")?;
+    usim_agent::run(usim_agent::AgentConfig {
+        ctrl: args.ctrl,
+        k,
+        opc,
+        usim: capillary_aka::vector::UsimConfig { ind_len: args.ind_len, ..Default::default() },
+        initial_seq: sqn.seq(args.ind_len),
+        state: args.state,
+        wait: Duration::from_secs(args.wait),
+    })
+}

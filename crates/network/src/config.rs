@@ -1,0 +1,247 @@
+//! Configuration of the network side (`capillary core`), read from TOML.
+//!
+//! Every field has a default, so an empty file (or none) is a valid configuration: the embedded
+//! SQLite store under the data directory and RADIUS on 127.0.0.1:1812 for loopback clients.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Why a configuration was refused. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML did not parse or had an unknown or ill-typed field.
+    #[error("configuration: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// A RADIUS client entry is unusable.
+    #[error("radius.client {name:?}: {problem}")]
+    Client {
+        /// The entry's name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Some other field is out of range.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreConfig {
+    /// Directory of the embedded store (and generated secrets). Default: platform data dir.
+    pub data_dir: Option<PathBuf>,
+    /// RADIUS front end.
+    pub radius: RadiusConfig,
+    /// EAP-AKA' server policy.
+    pub eap: EapConfig,
+    /// Authentication centre.
+    pub auc: AucConfig,
+}
+
+/// `[radius]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RadiusConfig {
+    /// Address to listen on. Default 127.0.0.1:1812.
+    pub listen: SocketAddr,
+    /// Clients (NAS / authenticators). When empty, loopback clients are accepted with the secret
+    /// kept in `<data_dir>/radius-secret` (generated on first start).
+    pub client: Vec<RadiusClientConfig>,
+    /// Seconds a reply is kept to answer a retransmitted request (RFC 5080 §2.2.2).
+    pub duplicate_window_secs: u64,
+    /// Seconds an unfinished EAP session is kept.
+    pub session_timeout_secs: u64,
+}
+
+impl Default for RadiusConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1812)),
+            client: Vec::new(),
+            duplicate_window_secs: 30,
+            session_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[[radius.client]]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RadiusClientConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// Address or prefix, e.g. `127.0.0.1` or `10.0.0.0/8`.
+    pub address: String,
+    /// Shared secret (RFC 2865 §3).
+    pub secret: String,
+    /// Whether this client is an authenticator trusted with the MSK (MS-MPPE keys, RFC 2548).
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+impl std::fmt::Debug for RadiusClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RadiusClientConfig")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("secret", &"..")
+            .field("trusted", &self.trusted)
+            .finish()
+    }
+}
+
+impl RadiusClientConfig {
+    /// Parses `address` as `IP` or `IP/len`.
+    pub fn prefix(&self) -> Result<(IpAddr, u8), ConfigError> {
+        let bad = |problem: String| ConfigError::Client { name: self.name.clone(), problem };
+        let (ip, len) = match self.address.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (self.address.as_str(), None),
+        };
+        let ip: IpAddr =
+            ip.parse().map_err(|_| bad(format!("address {:?} is not an IP", self.address)))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| bad(format!("prefix length must be 0..={max}")))?,
+            None => max,
+        };
+        if self.secret.is_empty() {
+            return Err(bad("secret must not be empty".into()));
+        }
+        Ok((ip, len))
+    }
+}
+
+/// `[eap]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EapConfig {
+    /// Access network identity sent in AT_KDF_INPUT and bound into CK'/IK' (RFC 9048 §3.1).
+    pub network_name: String,
+    /// Issue pseudonyms (AT_NEXT_PSEUDONYM, RFC 4187 §4.1.1.7).
+    pub pseudonyms: bool,
+    /// Offer fast re-authentication (AT_NEXT_REAUTH_ID, RFC 4187 §5).
+    pub fast_reauth: bool,
+    /// Fast re-authentications allowed before a full one is required.
+    pub max_reauth: u16,
+    /// Use protected result indications (AT_RESULT_IND, RFC 4187 §6.2).
+    pub result_indication: bool,
+}
+
+impl Default for EapConfig {
+    fn default() -> Self {
+        Self {
+            network_name: "WLAN".into(),
+            pseudonyms: true,
+            fast_reauth: true,
+            max_reauth: 16,
+            result_indication: false,
+        }
+    }
+}
+
+/// `[auc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AucConfig {
+    /// IND lane of this instance (TS 33.102 Annex C.1.2): SQNs it allocates carry this IND.
+    pub ind: u32,
+}
+
+impl Default for AucConfig {
+    fn default() -> Self {
+        Self { ind: 0 }
+    }
+}
+
+impl CoreConfig {
+    /// Parses and checks a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field constraints.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for c in &self.radius.client {
+            c.prefix()?;
+        }
+        if self.eap.network_name.is_empty() || self.eap.network_name.len() > 255 {
+            return Err(ConfigError::Invalid {
+                field: "eap.network_name",
+                problem: "must be 1 to 255 bytes (RFC 9048 §3.1)".into(),
+            });
+        }
+        if self.auc.ind >= 32 {
+            return Err(ConfigError::Invalid {
+                field: "auc.ind",
+                problem: "must be below 2^ind_len = 32 (TS 33.102 Annex C.3.4)".into(),
+            });
+        }
+        if self.radius.duplicate_window_secs == 0 || self.radius.session_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "radius",
+                problem: "duplicate_window_secs and session_timeout_secs must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let cfg = CoreConfig::from_toml("").unwrap();
+        assert_eq!(cfg.radius.listen, SocketAddr::from(([127, 0, 0, 1], 1812)));
+        assert_eq!(cfg.eap.network_name, "WLAN");
+        assert!(cfg.radius.client.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = CoreConfig::from_toml("[radius]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_client_is_named() {
+        let text = "[[radius.client]]\nname = \"ap1\"\naddress = \"10.0.0.0/33\"\nsecret = \"s\"\n";
+        let err = CoreConfig::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("ap1") && err.contains("prefix"), "{err}");
+        let text = "[[radius.client]]\nname = \"ap2\"\naddress = \"10.0.0.1\"\nsecret = \"\"\n";
+        assert!(CoreConfig::from_toml(text).unwrap_err().to_string().contains("secret"));
+    }
+
+    #[test]
+    fn debug_hides_client_secret() {
+        let text = "[[radius.client]]\nname = \"ap\"\naddress = \"::1\"\nsecret = \"hunter2\"\n";
+        let cfg = CoreConfig::from_toml(text).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert_eq!(cfg.radius.client[0].prefix().unwrap().1, 128);
+    }
+
+    #[test]
+    fn ind_lane_is_bounded() {
+        assert!(CoreConfig::from_toml("[auc]\nind = 32\n").is_err());
+        assert_eq!(CoreConfig::from_toml("[auc]\nind = 31\n").unwrap().auc.ind, 31);
+    }
+}
