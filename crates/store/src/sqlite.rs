@@ -1,0 +1,717 @@
+//! Embedded SQLite backend.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a commit is fsync'd before it returns.
+//! Atomicity: every write is one `BEGIN IMMEDIATE` transaction (the write lock is taken up front,
+//! so concurrent writers wait on `busy_timeout` instead of failing on lock upgrade), and every
+//! read-modify-write is a single `UPDATE … RETURNING` or compare-and-set statement. The mutex
+//! around the connection only serialises use of that one connection; two processes (or two
+//! [`SqliteStore`] handles) on the same file are kept apart by SQLite's own locking.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use capillary_secrets::{Amf, Imsi, KAut, KEncr, KRe, Op, Opc, Secret, Sqn, K};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::{
+    check_count, check_counter_step, check_ind, check_seq, AuthMaterial, NewSubscriber, OpKind,
+    ReauthRecord, StoreError, SubscriberInfo, SubscriberKind, SubscriberStatus, SubscriberStore,
+    MAX_IND_LEN,
+};
+
+/// How long a writer waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Schema migrations; migration `i` brings `PRAGMA user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE subscriber (
+    imsi     TEXT    NOT NULL PRIMARY KEY,
+    k        BLOB    NOT NULL CHECK (length(k) = 16),
+    opc      BLOB             CHECK (opc IS NULL OR length(opc) = 16),
+    op       BLOB             CHECK (op IS NULL OR length(op) = 16),
+    amf      BLOB    NOT NULL CHECK (length(amf) = 2),
+    ind_len  INTEGER NOT NULL CHECK (ind_len BETWEEN 0 AND 28),
+    seq_he   INTEGER NOT NULL CHECK (seq_he >= 0),
+    kind     TEXT    NOT NULL CHECK (kind IN ('device', 'gateway')),
+    status   TEXT    NOT NULL CHECK (status IN ('active', 'barred')),
+    created  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    CHECK ((opc IS NULL) <> (op IS NULL))
+);
+CREATE TABLE pseudonym (
+    pseudonym TEXT    NOT NULL PRIMARY KEY,
+    imsi      TEXT    NOT NULL REFERENCES subscriber (imsi) ON DELETE CASCADE,
+    expires   INTEGER NOT NULL
+);
+CREATE INDEX pseudonym_imsi ON pseudonym (imsi);
+CREATE TABLE reauth (
+    reauth_id TEXT    NOT NULL PRIMARY KEY,
+    imsi      TEXT    NOT NULL REFERENCES subscriber (imsi) ON DELETE CASCADE,
+    k_encr    BLOB    NOT NULL,
+    k_aut     BLOB    NOT NULL,
+    k_re      BLOB    NOT NULL,
+    counter   INTEGER NOT NULL,
+    expires   INTEGER NOT NULL
+);
+CREATE INDEX reauth_imsi ON reauth (imsi);
+"#];
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// [`SubscriberStore`] on an SQLite file. Cloning shares the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: Option<PathBuf>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn, Some(path.to_path_buf()))
+    }
+
+    /// A private in-memory database (gone when the last clone is dropped).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::setup(Connection::open_in_memory()?, None)
+    }
+
+    /// The schema version this build writes (`PRAGMA user_version`).
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+    fn setup(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // In-memory databases answer "memory"; files switch to (or stay in) WAL.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if path.is_some() && !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Internal(format!(
+                "could not enable WAL journal (got {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Runs `f` on the connection on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic inside `f` dropped its transaction, which rolled back: the connection
+            // is still consistent.
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("negative schema version {version}")))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {version} is newer than this build ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+// ---- decoding: every column is checked, bad rows become StoreError::Corrupt ----
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("column {what} has an unexpected type or value"))
+}
+
+fn col_i64(row: &Row<'_>, idx: usize, what: &str) -> Result<i64, StoreError> {
+    match row.get_ref(idx)? {
+        ValueRef::Integer(i) => Ok(i),
+        _ => Err(corrupt(what)),
+    }
+}
+
+fn col_u64(row: &Row<'_>, idx: usize, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(col_i64(row, idx, what)?).map_err(|_| corrupt(what))
+}
+
+fn col_text<'r>(row: &'r Row<'_>, idx: usize, what: &str) -> Result<&'r str, StoreError> {
+    match row.get_ref(idx)? {
+        ValueRef::Text(t) => core::str::from_utf8(t).map_err(|_| corrupt(what)),
+        _ => Err(corrupt(what)),
+    }
+}
+
+fn col_opt_text(row: &Row<'_>, idx: usize, what: &str) -> Result<Option<String>, StoreError> {
+    match row.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        _ => col_text(row, idx, what).map(|s| Some(s.to_owned())),
+    }
+}
+
+fn col_opt_blob<'r>(
+    row: &'r Row<'_>,
+    idx: usize,
+    what: &str,
+) -> Result<Option<&'r [u8]>, StoreError> {
+    match row.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) => Ok(Some(b)),
+        _ => Err(corrupt(what)),
+    }
+}
+
+fn col_secret<S: Secret>(row: &Row<'_>, idx: usize, what: &str) -> Result<S, StoreError> {
+    let b = col_opt_blob(row, idx, what)?.ok_or_else(|| corrupt(what))?;
+    S::from_slice(b).map_err(|_| corrupt(what))
+}
+
+fn col_imsi(row: &Row<'_>, idx: usize) -> Result<Imsi, StoreError> {
+    Imsi::new(col_text(row, idx, "imsi")?).map_err(|_| corrupt("imsi"))
+}
+
+fn col_amf(row: &Row<'_>, idx: usize) -> Result<Amf, StoreError> {
+    let b = col_opt_blob(row, idx, "amf")?.ok_or_else(|| corrupt("amf"))?;
+    Amf::from_slice(b).ok_or_else(|| corrupt("amf"))
+}
+
+fn col_ind_len(row: &Row<'_>, idx: usize) -> Result<u8, StoreError> {
+    u8::try_from(col_i64(row, idx, "ind_len")?)
+        .ok()
+        .filter(|l| *l <= MAX_IND_LEN)
+        .ok_or_else(|| corrupt("ind_len"))
+}
+
+fn col_seq(row: &Row<'_>, idx: usize, ind_len: u8) -> Result<u64, StoreError> {
+    let seq = col_u64(row, idx, "seq_he")?;
+    if seq > Sqn::MAX >> ind_len {
+        return Err(corrupt("seq_he"));
+    }
+    Ok(seq)
+}
+
+fn col_kind(row: &Row<'_>, idx: usize) -> Result<SubscriberKind, StoreError> {
+    col_text(row, idx, "kind")?
+        .parse()
+        .map_err(|_| corrupt("kind"))
+}
+
+fn col_status(row: &Row<'_>, idx: usize) -> Result<SubscriberStatus, StoreError> {
+    col_text(row, idx, "status")?
+        .parse()
+        .map_err(|_| corrupt("status"))
+}
+
+fn col_op(row: &Row<'_>, opc_idx: usize, op_idx: usize) -> Result<OpKind, StoreError> {
+    match (
+        col_opt_blob(row, opc_idx, "opc")?,
+        col_opt_blob(row, op_idx, "op")?,
+    ) {
+        (Some(b), None) => Ok(OpKind::Opc(Opc::from_slice(b).map_err(|_| corrupt("opc"))?)),
+        (None, Some(b)) => Ok(OpKind::Op(Op::from_slice(b).map_err(|_| corrupt("op"))?)),
+        _ => Err(StoreError::Corrupt(
+            "exactly one of opc and op must be set".into(),
+        )),
+    }
+}
+
+const INFO_COLS: &str =
+    "imsi, amf, ind_len, seq_he, kind, status, opc IS NOT NULL, created, updated";
+
+fn decode_info(row: &Row<'_>) -> Result<SubscriberInfo, StoreError> {
+    let ind_len = col_ind_len(row, 2)?;
+    Ok(SubscriberInfo {
+        imsi: col_imsi(row, 0)?,
+        amf: col_amf(row, 1)?,
+        ind_len,
+        seq_he: col_seq(row, 3, ind_len)?,
+        kind: col_kind(row, 4)?,
+        status: col_status(row, 5)?,
+        has_opc: col_i64(row, 6, "opc")? != 0,
+        created: col_opt_text(row, 7, "created")?,
+        updated: col_opt_text(row, 8, "updated")?,
+    })
+}
+
+const REAUTH_COLS: &str = "reauth_id, imsi, k_encr, k_aut, k_re, counter, expires";
+
+fn decode_reauth(row: &Row<'_>) -> Result<ReauthRecord, StoreError> {
+    Ok(ReauthRecord {
+        reauth_id: col_text(row, 0, "reauth_id")?.to_owned(),
+        imsi: col_imsi(row, 1)?,
+        k_encr: col_secret::<KEncr>(row, 2, "k_encr")?,
+        k_aut: col_secret::<KAut>(row, 3, "k_aut")?,
+        k_re: col_secret::<KRe>(row, 4, "k_re")?,
+        counter: u16::try_from(col_i64(row, 5, "counter")?).map_err(|_| corrupt("counter"))?,
+        expires_unix: col_u64(row, 6, "expires")?,
+    })
+}
+
+/// Expiry times beyond `i64::MAX` are stored as `i64::MAX`, meaning "never".
+fn unix_to_sql(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+/// A "now" is clamped one below, so that a "never" expiry stays in the future.
+fn now_to_sql(t: u64) -> i64 {
+    unix_to_sql(t).min(i64::MAX - 1)
+}
+
+fn insert_subscriber(
+    tx: &rusqlite::Transaction<'_>,
+    s: &NewSubscriber,
+) -> Result<bool, StoreError> {
+    let seq_he = s.initial_seq()?;
+    let (opc, op): (Option<&[u8]>, Option<&[u8]>) = match &s.op {
+        OpKind::Opc(v) => (Some(v.expose()), None),
+        OpKind::Op(v) => (None, Some(v.expose())),
+    };
+    let n = tx.execute(
+        "INSERT INTO subscriber (imsi, k, opc, op, amf, ind_len, seq_he, kind, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (imsi) DO NOTHING",
+        params![
+            s.imsi.as_str(),
+            s.k.expose(),
+            opc,
+            op,
+            &s.amf.0[..],
+            s.ind_len,
+            seq_to_sql(seq_he)?,
+            s.kind.as_str(),
+            s.status.as_str(),
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::InvalidInput("SEQ out of range".into()))
+}
+
+/// One allocation inside an open transaction: a single `UPDATE … RETURNING` that only matches
+/// an active subscriber with room for `count` more SEQ values in a valid lane; if it matches
+/// nothing, a read inside the same transaction says why.
+fn allocate_in(
+    tx: &rusqlite::Transaction<'_>,
+    imsi: &Imsi,
+    ind: u32,
+    count: u32,
+) -> Result<AuthMaterial, StoreError> {
+    check_count(count)?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE subscriber SET seq_he = seq_he + ?2, updated = {NOW}
+         WHERE imsi = ?1 AND status = 'active'
+           AND ind_len BETWEEN 0 AND {MAX_IND_LEN}
+           AND ?3 < (1 << ind_len)
+           AND seq_he + ?2 <= ({max} >> ind_len)
+         RETURNING seq_he, k, opc, op, amf, ind_len, kind, status",
+        max = Sqn::MAX
+    ))?;
+    let mut rows = stmt.query(params![imsi.as_str(), count, ind])?;
+    if let Some(row) = rows.next()? {
+        let material = decode_material(row, imsi, ind, count);
+        // Step the statement to its end before it is reset.
+        while rows.next()?.is_some() {}
+        return material;
+    }
+    drop(rows);
+    // Nothing matched: find out why (same transaction, so the answer is consistent).
+    let mut stmt =
+        tx.prepare_cached("SELECT status, ind_len, seq_he FROM subscriber WHERE imsi = ?1")?;
+    let mut rows = stmt.query(params![imsi.as_str()])?;
+    let row = rows.next()?.ok_or(StoreError::UnknownSubscriber)?;
+    if col_status(row, 0)? == SubscriberStatus::Barred {
+        return Err(StoreError::Barred);
+    }
+    let ind_len = col_ind_len(row, 1)?;
+    check_ind(ind, ind_len)?;
+    col_seq(row, 2, ind_len)?;
+    Err(StoreError::SqnExhausted)
+}
+
+/// Decodes the `RETURNING` row of an allocation (new SEQ_HE first).
+fn decode_material(
+    row: &Row<'_>,
+    imsi: &Imsi,
+    ind: u32,
+    count: u32,
+) -> Result<AuthMaterial, StoreError> {
+    let ind_len = col_ind_len(row, 5)?;
+    let new_seq = col_seq(row, 0, ind_len)?;
+    let first = new_seq
+        .checked_sub(u64::from(count))
+        .ok_or_else(|| corrupt("seq_he"))?;
+    let sqns = (first + 1..=new_seq)
+        .map(|seq| Sqn::from_seq_ind(seq, ind, ind_len).ok_or_else(|| corrupt("seq_he")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AuthMaterial {
+        imsi: imsi.clone(),
+        k: col_secret::<K>(row, 1, "k")?,
+        op: col_op(row, 2, 3)?,
+        amf: col_amf(row, 4)?,
+        ind_len,
+        kind: col_kind(row, 6)?,
+        status: col_status(row, 7)?,
+        sqns,
+    })
+}
+
+fn owner_of(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    key_col: &str,
+    key: &str,
+) -> Result<Option<Imsi>, StoreError> {
+    let mut stmt = tx.prepare_cached(&format!("SELECT imsi FROM {table} WHERE {key_col} = ?1"))?;
+    let mut rows = stmt.query(params![key])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(col_imsi(row, 0)?)),
+        None => Ok(None),
+    }
+}
+
+fn subscriber_exists(tx: &rusqlite::Transaction<'_>, imsi: &Imsi) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM subscriber WHERE imsi = ?1",
+            params![imsi.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+#[async_trait]
+impl SubscriberStore for SqliteStore {
+    async fn add(&self, s: NewSubscriber) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            if !insert_subscriber(&tx, &s)? {
+                return Err(StoreError::Exists);
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            for (i, s) in subs.iter().enumerate() {
+                if !insert_subscriber(&tx, s)? {
+                    tracing::warn!(
+                        index = i,
+                        "import rejected: duplicate IMSI in batch or store"
+                    );
+                    return Err(StoreError::Exists);
+                }
+            }
+            tx.commit()?;
+            Ok(subs.len())
+        })
+        .await
+    }
+
+    async fn get(&self, imsi: &Imsi) -> Result<Option<SubscriberInfo>, StoreError> {
+        let imsi = imsi.clone();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INFO_COLS} FROM subscriber WHERE imsi = ?1"
+            ))?;
+            let mut rows = stmt.query(params![imsi.as_str()])?;
+            rows.next()?.map(decode_info).transpose()
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        after: Option<&Imsi>,
+        limit: usize,
+    ) -> Result<Vec<SubscriberInfo>, StoreError> {
+        let after = after.map(|a| a.as_str().to_owned()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INFO_COLS} FROM subscriber WHERE imsi > ?1 ORDER BY imsi LIMIT ?2"
+            ))?;
+            let mut rows = stmt.query(params![after, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(decode_info(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn remove(&self, imsi: &Imsi) -> Result<bool, StoreError> {
+        let imsi = imsi.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            // Explicit deletes, so the result does not depend on foreign_keys being on.
+            tx.execute(
+                "DELETE FROM pseudonym WHERE imsi = ?1",
+                params![imsi.as_str()],
+            )?;
+            tx.execute("DELETE FROM reauth WHERE imsi = ?1", params![imsi.as_str()])?;
+            let n = tx.execute(
+                "DELETE FROM subscriber WHERE imsi = ?1",
+                params![imsi.as_str()],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn set_status(&self, imsi: &Imsi, st: SubscriberStatus) -> Result<bool, StoreError> {
+        let imsi = imsi.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let n = tx.execute(
+                &format!("UPDATE subscriber SET status = ?2, updated = {NOW} WHERE imsi = ?1"),
+                params![imsi.as_str(), st.as_str()],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn allocate(
+        &self,
+        imsi: &Imsi,
+        ind: u32,
+        count: u32,
+    ) -> Result<AuthMaterial, StoreError> {
+        let imsi = imsi.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let m = allocate_in(&tx, &imsi, ind, count)?;
+            tx.commit()?;
+            Ok(m)
+        })
+        .await
+    }
+
+    async fn allocate_batch(
+        &self,
+        reqs: &[(Imsi, u32, u32)],
+    ) -> Result<Vec<Result<AuthMaterial, StoreError>>, StoreError> {
+        let reqs = reqs.to_vec();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let mut out = Vec::with_capacity(reqs.len());
+            for (imsi, ind, count) in &reqs {
+                match allocate_in(&tx, imsi, *ind, *count) {
+                    // A database failure aborts the whole batch (rolled back on drop).
+                    Err(e @ StoreError::Sqlite(_)) => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn resync(&self, imsi: &Imsi, seq_ms: u64) -> Result<(), StoreError> {
+        let imsi = imsi.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let ind_len = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT ind_len FROM subscriber WHERE imsi = ?1")?;
+                let mut rows = stmt.query(params![imsi.as_str()])?;
+                let row = rows.next()?.ok_or(StoreError::UnknownSubscriber)?;
+                col_ind_len(row, 0)?
+            };
+            check_seq(seq_ms, ind_len)?;
+            tx.execute(
+                &format!(
+                    "UPDATE subscriber SET seq_he = ?2, updated = {NOW}
+                     WHERE imsi = ?1 AND seq_he < ?2"
+                ),
+                params![imsi.as_str(), seq_to_sql(seq_ms)?],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_pseudonym(
+        &self,
+        pseudonym: &str,
+        imsi: &Imsi,
+        expires_unix: u64,
+    ) -> Result<(), StoreError> {
+        let (pseudonym, imsi) = (pseudonym.to_owned(), imsi.clone());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            if !subscriber_exists(&tx, &imsi)? {
+                return Err(StoreError::UnknownSubscriber);
+            }
+            match owner_of(&tx, "pseudonym", "pseudonym", &pseudonym)? {
+                Some(owner) if owner != imsi => return Err(StoreError::Exists),
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO pseudonym (pseudonym, imsi, expires) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (pseudonym) DO UPDATE SET expires = excluded.expires",
+                params![pseudonym, imsi.as_str(), unix_to_sql(expires_unix)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resolve_pseudonym(
+        &self,
+        pseudonym: &str,
+        now_unix: u64,
+    ) -> Result<Option<Imsi>, StoreError> {
+        let pseudonym = pseudonym.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT imsi FROM pseudonym WHERE pseudonym = ?1 AND expires > ?2",
+            )?;
+            let mut rows = stmt.query(params![pseudonym, now_to_sql(now_unix)])?;
+            rows.next()?.map(|r| col_imsi(r, 0)).transpose()
+        })
+        .await
+    }
+
+    async fn put_reauth(&self, rec: &ReauthRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            if !subscriber_exists(&tx, &rec.imsi)? {
+                return Err(StoreError::UnknownSubscriber);
+            }
+            match owner_of(&tx, "reauth", "reauth_id", &rec.reauth_id)? {
+                Some(owner) if owner != rec.imsi => return Err(StoreError::Exists),
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO reauth (reauth_id, imsi, k_encr, k_aut, k_re, counter, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (reauth_id) DO UPDATE SET k_encr = excluded.k_encr,
+                   k_aut = excluded.k_aut, k_re = excluded.k_re,
+                   counter = excluded.counter, expires = excluded.expires",
+                params![
+                    rec.reauth_id,
+                    rec.imsi.as_str(),
+                    rec.k_encr.expose(),
+                    rec.k_aut.expose(),
+                    rec.k_re.expose(),
+                    rec.counter,
+                    unix_to_sql(rec.expires_unix),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_reauth(
+        &self,
+        reauth_id: &str,
+        now_unix: u64,
+    ) -> Result<Option<ReauthRecord>, StoreError> {
+        let reauth_id = reauth_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REAUTH_COLS} FROM reauth WHERE reauth_id = ?1 AND expires > ?2"
+            ))?;
+            let mut rows = stmt.query(params![reauth_id, now_to_sql(now_unix)])?;
+            rows.next()?.map(decode_reauth).transpose()
+        })
+        .await
+    }
+
+    async fn advance_reauth(
+        &self,
+        reauth_id: &str,
+        expected: u16,
+        new: u16,
+    ) -> Result<bool, StoreError> {
+        check_counter_step(expected, new)?;
+        let reauth_id = reauth_id.to_owned();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let n = tx.execute(
+                "UPDATE reauth SET counter = ?3 WHERE reauth_id = ?1 AND counter = ?2",
+                params![reauth_id, expected, new],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_reauth(&self, reauth_id: &str) -> Result<(), StoreError> {
+        let reauth_id = reauth_id.to_owned();
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            tx.execute(
+                "DELETE FROM reauth WHERE reauth_id = ?1",
+                params![reauth_id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now_unix: u64) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let now = now_to_sql(now_unix);
+            let a = tx.execute("DELETE FROM pseudonym WHERE expires <= ?1", params![now])?;
+            let b = tx.execute("DELETE FROM reauth WHERE expires <= ?1", params![now])?;
+            tx.commit()?;
+            Ok((a + b) as u64)
+        })
+        .await
+    }
+}
