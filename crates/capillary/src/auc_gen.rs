@@ -96,12 +96,12 @@ pub fn render(args: &AucGenArgs) -> Result<String> {
     if let Some(auts) = &args.auts {
         let auts = Auts::from_hex(auts).context("--auts must be 14 bytes of hex")?;
         let sqn_ms = verify_auts(&m, &rand, &auts).context("AUTS from MS seems incorrect")?;
-        writeln!(out, "AUTS success: SQN.MS = {}", sqn_ms.value())?;
+        writeln!(out, "SQN.MS:\t{}", sqn_ms.value())?;
         // Next SQN after resynchronisation: SEQ_MS + 1 in the requested IND slot (TS 33.102 C.3.4).
         sqn = Sqn::from_seq_ind(sqn_ms.seq(args.ind_len) + 1, args.ind, args.ind_len)
             .context("--ind does not fit --ind-len, or SEQ overflow")?;
     }
-    let v = generate_vector(&m, rand, sqn, amf);
+    let v = generate_vector(&m, &rand, &sqn, &amf);
     let (_, _, _, ak) = m.f2345(&rand);
     writeln!(out, "RAND:\t{}", v.rand.to_hex())?;
     writeln!(out, "AUTN:\t{}", v.autn.to_hex())?;
@@ -109,8 +109,8 @@ pub fn render(args: &AucGenArgs) -> Result<String> {
     writeln!(out, "CK:\t{}", hex::encode(v.ck.expose()))?;
     writeln!(out, "RES:\t{}", hex::encode(v.xres.expose()))?;
     writeln!(out, "AK:\t{}", hex::encode(ak))?;
-    writeln!(out, "MAC-A:\t{}", hex::encode(m.f1(&rand, sqn, amf)))?;
-    writeln!(out, "MAC-S:\t{}", hex::encode(m.f1_star(&rand, sqn, amf)))?;
+    writeln!(out, "MAC-A:\t{}", hex::encode(m.f1(&rand, &sqn, &amf)))?;
+    writeln!(out, "MAC-S:\t{}", hex::encode(m.f1_star(&rand, &sqn, &amf)))?;
     writeln!(out, "SQN:\t{}", sqn.value())?;
     writeln!(out, "IND:\t{}", sqn.ind(args.ind_len))?;
     if let (Some(name), Some(identity)) = (&args.network_name, &args.identity) {

@@ -87,6 +87,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -146,7 +147,8 @@ fn core(args: CoreArgs) -> Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(capillary_network::run(cfg))
+    rt.block_on(capillary_network::run(cfg))?;
+    Ok(())
 }
 
 fn usim_agent_cmd(args: UsimAgentArgs) -> Result<()> {

@@ -1,2 +1,16 @@
-//! capillary-network (under construction).
+//! The network side of Capillary (`capillary core`): a RADIUS front end (RFC 2865/3579) that
+//! feeds EAP-AKA' conversations (RFC 9048) into the sans-IO server of `capillary-eap`, and an
+//! authentication centre over the subscriber store.
+//!
+//! This crate is the driver: it owns the socket, the clock, the RNG and the store, and turns the
+//! state machines' events into storage calls and datagrams. Every state change an event asks
+//! for (a pseudonym, a re-authentication identity, an SQN) is durable in the store before the
+//! message that depends on it leaves the process.
 #![forbid(unsafe_code)]
+
+pub mod auc;
+pub mod config;
+mod driver;
+mod secret_file;
+
+pub use driver::{run, run_with_store, CoreHandle, NetworkError};
