@@ -91,8 +91,8 @@ pub fn render(args: &AucGenArgs) -> Result<String> {
         }
     };
     let mut out = String::new();
-    let mut sqn = Sqn::new(parse_u64(&args.sqn).context("--sqn")?)
-        .context("--sqn must fit in 48 bits")?;
+    let mut sqn =
+        Sqn::new(parse_u64(&args.sqn).context("--sqn")?).context("--sqn must fit in 48 bits")?;
     if let Some(auts) = &args.auts {
         let auts = Auts::from_hex(auts).context("--auts must be 14 bytes of hex")?;
         let sqn_ms = verify_auts(&m, &rand, &auts).context("AUTS from MS seems incorrect")?;
@@ -159,9 +159,22 @@ mod tests {
     #[test]
     fn rfc9048_case_1() {
         let out = render_args(&[
-            "-3", "-a", "milenage", "-k", "5122250214c33e723a5dd523fc145fc0", "-o",
-            "981d464c7c52eb6e5036234984ad0bcf", "-f", "c3ab", "-s", "0x16f3b3f70fc2", "-r",
-            "81e92b6c0ee0e12ebceba8d92a99dfa5", "--network-name", "WLAN", "--identity",
+            "-3",
+            "-a",
+            "milenage",
+            "-k",
+            "5122250214c33e723a5dd523fc145fc0",
+            "-o",
+            "981d464c7c52eb6e5036234984ad0bcf",
+            "-f",
+            "c3ab",
+            "-s",
+            "0x16f3b3f70fc2",
+            "-r",
+            "81e92b6c0ee0e12ebceba8d92a99dfa5",
+            "--network-name",
+            "WLAN",
+            "--identity",
             "0555444333222111",
         ])
         .unwrap();
@@ -185,8 +198,12 @@ mod tests {
         let err = render_args(&["-k", "5122250214c33e723a5dd523fc145fc0"]);
         assert!(format!("{:#}", err.unwrap_err()).contains("--opc or --op"));
         let err = render_args(&[
-            "-k", "5122250214c33e723a5dd523fc145fc0", "-o", "981d464c7c52eb6e5036234984ad0bcf",
-            "-s", "0x1000000000000",
+            "-k",
+            "5122250214c33e723a5dd523fc145fc0",
+            "-o",
+            "981d464c7c52eb6e5036234984ad0bcf",
+            "-s",
+            "0x1000000000000",
         ]);
         assert!(format!("{:#}", err.unwrap_err()).contains("48 bits"));
     }

@@ -146,7 +146,9 @@ fn core(args: CoreArgs) -> Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(capillary_network::run(cfg))?;
     Ok(())
 }
@@ -164,7 +166,10 @@ fn usim_agent_cmd(args: UsimAgentArgs) -> Result<()> {
         ctrl: args.ctrl,
         k,
         opc,
-        usim: capillary_aka::vector::UsimConfig { ind_len: args.ind_len, ..Default::default() },
+        usim: capillary_aka::vector::UsimConfig {
+            ind_len: args.ind_len,
+            ..Default::default()
+        },
         initial_seq: sqn.seq(args.ind_len),
         state: args.state,
         wait: Duration::from_secs(args.wait),

@@ -105,7 +105,10 @@ pub struct AddArgs {
 }
 
 fn open(store: &StoreArgs) -> Result<SqliteStore> {
-    let dir = store.data_dir.clone().unwrap_or_else(crate::default_data_dir);
+    let dir = store
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("subscribers.db");
     SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))
@@ -149,15 +152,30 @@ struct Fields<'a> {
 fn build(f: Fields<'_>) -> Result<NewSubscriber> {
     let imsi = Imsi::new(f.imsi.trim()).with_context(|| format!("imsi {:?}", f.imsi))?;
     let k = K::from_hex(f.k.trim()).context("k: expected 32 hex digits")?;
-    let op = match (f.opc.filter(|s| !s.trim().is_empty()), f.op.filter(|s| !s.trim().is_empty())) {
-        (Some(opc), None) => OpKind::Opc(Opc::from_hex(opc.trim()).context("opc: expected 32 hex digits")?),
-        (None, Some(op)) => OpKind::Op(Op::from_hex(op.trim()).context("op: expected 32 hex digits")?),
+    let op = match (
+        f.opc.filter(|s| !s.trim().is_empty()),
+        f.op.filter(|s| !s.trim().is_empty()),
+    ) {
+        (Some(opc), None) => {
+            OpKind::Opc(Opc::from_hex(opc.trim()).context("opc: expected 32 hex digits")?)
+        }
+        (None, Some(op)) => {
+            OpKind::Op(Op::from_hex(op.trim()).context("op: expected 32 hex digits")?)
+        }
         (Some(_), Some(_)) => bail!("give opc or op, not both"),
         (None, None) => bail!("give opc or op"),
     };
-    let amf_text = if f.amf.trim().is_empty() { "8000" } else { f.amf.trim() };
+    let amf_text = if f.amf.trim().is_empty() {
+        "8000"
+    } else {
+        f.amf.trim()
+    };
     let amf = Amf::from_hex(amf_text).context("amf: expected 4 hex digits")?;
-    let sqn_text = if f.sqn.trim().is_empty() { "0" } else { f.sqn.trim() };
+    let sqn_text = if f.sqn.trim().is_empty() {
+        "0"
+    } else {
+        f.sqn.trim()
+    };
     let sqn = parse_u64(sqn_text).context("sqn")?;
     if sqn >= 1 << 48 {
         bail!("sqn must fit in 48 bits");
@@ -197,7 +215,9 @@ fn imsi(text: &str) -> Result<Imsi> {
 
 /// Runs a subcommand.
 pub fn run(cmd: SubscriberCmd) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(cmd))
 }
 
@@ -217,12 +237,18 @@ async fn run_async(cmd: SubscriberCmd) -> Result<()> {
                 status,
             })?;
             let imsi = sub.imsi.clone();
-            open(&a.store)?.add(sub).await.with_context(|| format!("adding {imsi}"))?;
+            open(&a.store)?
+                .add(sub)
+                .await
+                .with_context(|| format!("adding {imsi}"))?;
             println!("added {imsi}");
         }
         SubscriberCmd::List { store } => {
             let store = open(&store)?;
-            println!("{:<15}  {:<7}  {:<6}  {:<4}  {:>14}  IND_LEN", "IMSI", "KIND", "STATUS", "AMF", "SEQ_HE");
+            println!(
+                "{:<15}  {:<7}  {:<6}  {:<4}  {:>14}  IND_LEN",
+                "IMSI", "KIND", "STATUS", "AMF", "SEQ_HE"
+            );
             let mut after: Option<Imsi> = None;
             loop {
                 let page = store.list(after.as_ref(), 500).await?;
@@ -257,11 +283,18 @@ async fn run_async(cmd: SubscriberCmd) -> Result<()> {
             }
             println!("removed {id}");
         }
-        SubscriberCmd::Bar { imsi: text, store } => set_status(&text, &store, SubscriberStatus::Barred).await?,
-        SubscriberCmd::Unbar { imsi: text, store } => set_status(&text, &store, SubscriberStatus::Active).await?,
+        SubscriberCmd::Bar { imsi: text, store } => {
+            set_status(&text, &store, SubscriberStatus::Barred).await?
+        }
+        SubscriberCmd::Unbar { imsi: text, store } => {
+            set_status(&text, &store, SubscriberStatus::Active).await?
+        }
         SubscriberCmd::Import { file, store } => {
             let subs = read_csv(&file)?;
-            let n = open(&store)?.import(subs).await.context("import (nothing was imported)")?;
+            let n = open(&store)?
+                .import(subs)
+                .await
+                .context("import (nothing was imported)")?;
             println!("imported {n} subscribers");
         }
     }
@@ -296,22 +329,33 @@ fn read_csv(path: &Path) -> Result<Vec<NewSubscriber>> {
     } else {
         Box::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
     };
-    let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+    let mut csv = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
     let headers = csv.headers()?.clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(imsi_c), Some(k_c)) = (col("imsi"), col("k")) else {
         bail!("CSV header must name at least the columns imsi and k (and opc or op)");
     };
     for h in headers.iter() {
-        if !["imsi", "k", "opc", "op", "amf", "sqn", "kind", "status", "ind_len"]
-            .iter()
-            .any(|k| h.eq_ignore_ascii_case(k))
+        if ![
+            "imsi", "k", "opc", "op", "amf", "sqn", "kind", "status", "ind_len",
+        ]
+        .iter()
+        .any(|k| h.eq_ignore_ascii_case(k))
         {
             bail!("unknown CSV column {h:?}");
         }
     }
-    let (opc_c, op_c, amf_c, sqn_c, kind_c, status_c, ind_c) =
-        (col("opc"), col("op"), col("amf"), col("sqn"), col("kind"), col("status"), col("ind_len"));
+    let (opc_c, op_c, amf_c, sqn_c, kind_c, status_c, ind_c) = (
+        col("opc"),
+        col("op"),
+        col("amf"),
+        col("sqn"),
+        col("kind"),
+        col("status"),
+        col("ind_len"),
+    );
     let mut out = Vec::new();
     for (i, rec) in csv.records().enumerate() {
         let line = i + 2;
@@ -359,7 +403,11 @@ mod tests {
         assert_eq!(subs[1].status, SubscriberStatus::Barred);
         assert_eq!(subs[1].sqn, 0x20);
         assert!(matches!(subs[1].op, OpKind::Op(_)));
-        std::fs::write(&p, "imsi,k,opc\n001010000000001,zz,cd63cb71954a9f4e48a5994e37a02baf\n").unwrap();
+        std::fs::write(
+            &p,
+            "imsi,k,opc\n001010000000001,zz,cd63cb71954a9f4e48a5994e37a02baf\n",
+        )
+        .unwrap();
         let err = format!("{:#}", read_csv(&p).unwrap_err());
         assert!(err.contains("line 2") && err.contains("k:"), "{err}");
         std::fs::write(&p, "imsi,key\n").unwrap();

@@ -93,7 +93,10 @@ fn load_state(cfg: &AgentConfig) -> Result<Usim> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading USIM state {}", path.display()))?;
             text.split_whitespace()
-                .map(|s| s.parse::<u64>().context("USIM state file holds one SEQ per line"))
+                .map(|s| {
+                    s.parse::<u64>()
+                        .context("USIM state file holds one SEQ per line")
+                })
                 .collect::<Result<_>>()?
         }
         None => vec![cfg.initial_seq; lanes],
@@ -179,7 +182,10 @@ fn tempfile_dir() -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    bail!("cannot create a directory for the agent's socket under {}", base.display())
+    bail!(
+        "cannot create a directory for the agent's socket under {}",
+        base.display()
+    )
 }
 
 #[cfg(test)]
@@ -200,7 +206,10 @@ mod tests {
         assert!(parse_event("<3>CTRL-EVENT-EAP-STARTED EAP authentication started").is_none());
         assert!(parse_event("<3>CTRL-REQ-SIM-0:GSM-AUTH:00").is_none());
         assert!(parse_event("<3>CTRL-REQ-SIM-x:UMTS-AUTH:00:00").is_none());
-        assert!(parse_event("<3>CTRL-REQ-SIM-1:UMTS-AUTH:zz:bb52e91c747ac3ab2a5c23d15ee351d5").is_none());
+        assert!(
+            parse_event("<3>CTRL-REQ-SIM-1:UMTS-AUTH:zz:bb52e91c747ac3ab2a5c23d15ee351d5")
+                .is_none()
+        );
         assert!(parse_event("<3").is_none());
         assert!(parse_event("").is_none());
     }

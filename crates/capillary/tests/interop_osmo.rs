@@ -1,6 +1,7 @@
 //! `capillary auc-gen` against the independent Milenage of `osmo-auc-gen` (Debian package
 //! libosmocore-utils): the same inputs must give the same vector, field by field, and an AUTS
 //! made by one must be accepted by the other. A missing `osmo-auc-gen` fails these tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::{require, BIN};
@@ -15,12 +16,19 @@ fn fields(text: &str) -> Vec<(String, String)> {
 }
 
 fn get<'a>(f: &'a [(String, String)], k: &str) -> &'a str {
-    f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {k}: {f:?}"))
+    f.iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {k}: {f:?}"))
 }
 
 fn run(cmd: &str, args: &[String]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -35,7 +43,9 @@ impl Gen {
         z ^ (z >> 31)
     }
     fn hex(&mut self, bytes: usize) -> String {
-        (0..bytes).map(|_| format!("{:02x}", self.next() as u8)).collect()
+        (0..bytes)
+            .map(|_| format!("{:02x}", self.next() as u8))
+            .collect()
     }
 }
 
@@ -48,9 +58,19 @@ fn vectors_match_osmo_auc_gen() {
         let sqn = (g.next() & 0xffff_ffff_ffff).to_string();
         let common = |opc_flag: &str| {
             vec![
-                "-3".into(), "-a".into(), "milenage".into(), "-k".into(), k.clone(),
-                opc_flag.into(), opc.clone(), "-r".into(), rand.clone(), "-s".into(), sqn.clone(),
-                "-f".into(), amf.clone(),
+                "-3".into(),
+                "-a".into(),
+                "milenage".into(),
+                "-k".into(),
+                k.clone(),
+                opc_flag.into(),
+                opc.clone(),
+                "-r".into(),
+                rand.clone(),
+                "-s".into(),
+                sqn.clone(),
+                "-f".into(),
+                amf.clone(),
             ]
         };
         // Every other case passes OP instead of OPc, to cover OPc derivation too.
@@ -59,7 +79,11 @@ fn vectors_match_osmo_auc_gen() {
         let ours_text = run(BIN, &[vec!["auc-gen".to_string()], common(flag)].concat());
         let ours = fields(&ours_text);
         for label in ["RAND", "AUTN", "IK", "CK", "RES"] {
-            assert_eq!(get(&ours, label), get(&theirs, label), "case {case} {label}: k={k} opc={opc} rand={rand} sqn={sqn} amf={amf} ({flag})");
+            assert_eq!(
+                get(&ours, label),
+                get(&theirs, label),
+                "case {case} {label}: k={k} opc={opc} rand={rand} sqn={sqn} amf={amf} ({flag})"
+            );
         }
     }
 }
@@ -76,19 +100,32 @@ fn auts_crosses_both_ways() {
     let auts = capillary_auts(k, opc, rand, sqn_ms);
     let theirs = run(
         "osmo-auc-gen",
-        &["-3", "-a", "milenage", "-k", k, "-o", opc, "-r", rand, "-A", &auts]
-            .map(String::from),
+        &[
+            "-3", "-a", "milenage", "-k", k, "-o", opc, "-r", rand, "-A", &auts,
+        ]
+        .map(String::from),
     );
     assert_eq!(sqn_ms_of(&theirs), Some(sqn_ms), "{theirs}");
-    let ours = run(BIN, &["auc-gen", "-k", k, "-o", opc, "-r", rand, "-A", &auts].map(String::from));
+    let ours = run(
+        BIN,
+        &["auc-gen", "-k", k, "-o", opc, "-r", rand, "-A", &auts].map(String::from),
+    );
     assert_eq!(sqn_ms_of(&ours), Some(sqn_ms), "{ours}");
     // A corrupted AUTS is refused by both.
     let mut bad = auts.clone().into_bytes();
     bad[27] = if bad[27] == b'0' { b'1' } else { b'0' };
     let bad = String::from_utf8(bad).unwrap();
-    let o = Command::new("osmo-auc-gen").args(["-3", "-a", "milenage", "-k", k, "-o", opc, "-r", rand, "-A", &bad]).output().unwrap();
+    let o = Command::new("osmo-auc-gen")
+        .args([
+            "-3", "-a", "milenage", "-k", k, "-o", opc, "-r", rand, "-A", &bad,
+        ])
+        .output()
+        .unwrap();
     assert!(!o.status.success() || String::from_utf8_lossy(&o.stdout).contains("incorrect"));
-    let o = Command::new(BIN).args(["auc-gen", "-k", k, "-o", opc, "-r", rand, "-A", &bad]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["auc-gen", "-k", k, "-o", opc, "-r", rand, "-A", &bad])
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "our auc-gen accepted a corrupted AUTS");
 }
 
@@ -96,7 +133,9 @@ fn auts_crosses_both_ways() {
 /// `AUTS success: SQN.MS = <n>` (older releases).
 fn sqn_ms_of(text: &str) -> Option<u64> {
     text.lines().find_map(|l| {
-        let rest = l.strip_prefix("SQN.MS:").or_else(|| l.strip_prefix("AUTS success: SQN.MS ="))?;
+        let rest = l
+            .strip_prefix("SQN.MS:")
+            .or_else(|| l.strip_prefix("AUTS success: SQN.MS ="))?;
         rest.trim().parse().ok()
     })
 }
@@ -106,5 +145,10 @@ fn capillary_auts(k: &str, opc: &str, rand: &str, sqn_ms: u64) -> String {
     use capillary_aka::Milenage;
     use capillary_secrets::{Opc, Rand, Secret, Sqn, K};
     let m = Milenage::new(&K::from_hex(k).unwrap(), &Opc::from_hex(opc).unwrap());
-    build_auts(&m, &Rand::from_hex(rand).unwrap(), &Sqn::new(sqn_ms).unwrap()).to_hex()
+    build_auts(
+        &m,
+        &Rand::from_hex(rand).unwrap(),
+        &Sqn::new(sqn_ms).unwrap(),
+    )
+    .to_hex()
 }

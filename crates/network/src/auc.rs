@@ -49,7 +49,9 @@ pub struct Auc {
 
 impl std::fmt::Debug for Auc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auc").field("ind", &self.ind).finish_non_exhaustive()
+        f.debug_struct("Auc")
+            .field("ind", &self.ind)
+            .finish_non_exhaustive()
     }
 }
 

@@ -99,16 +99,26 @@ impl std::fmt::Debug for RadiusClientConfig {
     }
 }
 
+impl Drop for RadiusClientConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
 impl RadiusClientConfig {
     /// Parses `address` as `IP` or `IP/len`.
     pub fn prefix(&self) -> Result<(IpAddr, u8), ConfigError> {
-        let bad = |problem: String| ConfigError::Client { name: self.name.clone(), problem };
+        let bad = |problem: String| ConfigError::Client {
+            name: self.name.clone(),
+            problem,
+        };
         let (ip, len) = match self.address.split_once('/') {
             Some((ip, len)) => (ip, Some(len)),
             None => (self.address.as_str(), None),
         };
-        let ip: IpAddr =
-            ip.parse().map_err(|_| bad(format!("address {:?} is not an IP", self.address)))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| bad(format!("address {:?} is not an IP", self.address)))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let len = match len {
             Some(l) => l
@@ -154,17 +164,11 @@ impl Default for EapConfig {
 }
 
 /// `[auc]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AucConfig {
     /// IND lane of this instance (TS 33.102 Annex C.1.2): SQNs it allocates carry this IND.
     pub ind: u32,
-}
-
-impl Default for AucConfig {
-    fn default() -> Self {
-        Self { ind: 0 }
-    }
 }
 
 impl CoreConfig {
@@ -228,7 +232,10 @@ mod tests {
         let err = CoreConfig::from_toml(text).unwrap_err().to_string();
         assert!(err.contains("ap1") && err.contains("prefix"), "{err}");
         let text = "[[radius.client]]\nname = \"ap2\"\naddress = \"10.0.0.1\"\nsecret = \"\"\n";
-        assert!(CoreConfig::from_toml(text).unwrap_err().to_string().contains("secret"));
+        assert!(CoreConfig::from_toml(text)
+            .unwrap_err()
+            .to_string()
+            .contains("secret"));
     }
 
     #[test]
@@ -242,6 +249,9 @@ mod tests {
     #[test]
     fn ind_lane_is_bounded() {
         assert!(CoreConfig::from_toml("[auc]\nind = 32\n").is_err());
-        assert_eq!(CoreConfig::from_toml("[auc]\nind = 31\n").unwrap().auc.ind, 31);
+        assert_eq!(
+            CoreConfig::from_toml("[auc]\nind = 31\n").unwrap().auc.ind,
+            31
+        );
     }
 }

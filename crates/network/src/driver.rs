@@ -59,8 +59,10 @@ const MAX_SESSIONS: usize = 100_000;
 pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
     cfg.check()?;
     let data_dir = cfg.data_dir.clone().ok_or(NetworkError::NoDataDir)?;
-    std::fs::create_dir_all(&data_dir)
-        .map_err(io(format!("creating data directory {}", data_dir.display())))?;
+    std::fs::create_dir_all(&data_dir).map_err(io(format!(
+        "creating data directory {}",
+        data_dir.display()
+    )))?;
     let db = data_dir.join("subscribers.db");
     let store = SqliteStore::open(&db)?;
     info!(store = %db.display(), "subscriber store opened");
@@ -161,8 +163,10 @@ fn radius_clients(cfg: &CoreConfig) -> Result<Vec<ClientConfig>, NetworkError> {
         let dir: PathBuf = cfg.data_dir.clone().ok_or(NetworkError::NoDataDir)?;
         std::fs::create_dir_all(&dir)
             .map_err(io(format!("creating data directory {}", dir.display())))?;
-        let secret = crate::secret_file::load_or_create(&dir)
-            .map_err(io(format!("reading {}", dir.join("radius-secret").display())))?;
+        let secret = crate::secret_file::load_or_create(&dir).map_err(io(format!(
+            "reading {}",
+            dir.join("radius-secret").display()
+        )))?;
         info!(file = %dir.join("radius-secret").display(), "no RADIUS clients configured: accepting loopback clients with the generated secret");
         // The loopback authenticator is the operator's own: it is trusted with the MSK.
         return Ok(vec![
@@ -208,7 +212,9 @@ pub async fn run_with_store(
     let socket = UdpSocket::bind(cfg.radius.listen)
         .await
         .map_err(io(format!("binding RADIUS socket {}", cfg.radius.listen)))?;
-    let local_addr = socket.local_addr().map_err(io("reading the bound address"))?;
+    let local_addr = socket
+        .local_addr()
+        .map_err(io("reading the bound address"))?;
     let radius_cfg = capillary_radius::ServerConfig {
         clients,
         duplicate_window: Duration::from_secs(cfg.radius.duplicate_window_secs),
@@ -234,13 +240,30 @@ pub async fn run_with_store(
     info!(%local_addr, network_name = %cfg.eap.network_name, ind = cfg.auc.ind, "RADIUS server listening");
     let rx = tokio::spawn(receive_loop(core.clone()));
     let hk = tokio::spawn(housekeeping(core.clone()));
-    Ok(CoreHandle { local_addr, tasks: vec![rx, hk], core })
+    Ok(CoreHandle {
+        local_addr,
+        tasks: vec![rx, hk],
+        core,
+    })
 }
 
 async fn housekeeping(core: Arc<Core>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_purge = Instant::now();
     loop {
         tick.tick().await;
+        if last_purge.elapsed() >= Duration::from_secs(60) {
+            last_purge = Instant::now();
+            // Pseudonyms and re-authentication records the peer never used expire here.
+            match core.auc.store().purge_expired(unix_now()).await {
+                Ok(0) => {}
+                Ok(purged) => debug!(
+                    purged,
+                    "expired pseudonyms and re-authentication records purged"
+                ),
+                Err(e) => warn!(error = %e, "purging expired identities failed"),
+            }
+        }
         let now = Instant::now();
         lock(&core.radius).expire(now);
         let timeout = core.session_timeout;
@@ -248,7 +271,10 @@ async fn housekeeping(core: Arc<Core>) {
         let before = sessions.len();
         sessions.retain(|_, slot| now.duration_since(slot.last) < timeout);
         if sessions.len() != before {
-            debug!(expired = before - sessions.len(), "unfinished EAP sessions dropped");
+            debug!(
+                expired = before - sessions.len(),
+                "unfinished EAP sessions dropped"
+            );
         }
     }
 }
@@ -286,21 +312,30 @@ async fn receive_loop(core: Arc<Core>) {
 
 enum Outcome {
     Challenge(Vec<u8>),
-    Accept { eap: Vec<u8>, msk: capillary_secrets::Msk },
+    Accept {
+        eap: Vec<u8>,
+        msk: capillary_secrets::Msk,
+    },
     Reject(Vec<u8>),
     /// The EAP server dropped the packet (RFC 3748 §2.1 silent discard); no reply.
     Silent,
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
     let found = match req.state.as_deref() {
         Some(state) => {
             let mut sessions = lock(&core.sessions);
-            match <[u8; 16]>::try_from(state).ok().and_then(|s| sessions.get_mut(&s).map(|v| (s, v))) {
+            match <[u8; 16]>::try_from(state)
+                .ok()
+                .and_then(|s| sessions.get_mut(&s).map(|v| (s, v)))
+            {
                 Some((s, slot)) => {
                     slot.last = Instant::now();
                     Some((s, slot.session.clone()))
@@ -322,7 +357,13 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
                 warn!(client = %req.client, "too many unfinished EAP sessions: request refused");
                 None
             } else {
-                sessions.insert(state, SessionSlot { session: session.clone(), last: Instant::now() });
+                sessions.insert(
+                    state,
+                    SessionSlot {
+                        session: session.clone(),
+                        last: Instant::now(),
+                    },
+                );
                 Some((state, session))
             }
         }
@@ -340,18 +381,27 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
             respond(&core, from, &req, Reply::Reject { eap: None }).await;
             return;
         }
-        s.eap.handle_response(&req.eap_message, &mut rand::rngs::OsRng);
+        s.eap
+            .handle_response(&req.eap_message, &mut rand::rngs::OsRng);
         drive(&core, &mut s).await
     };
     match outcome {
         Outcome::Challenge(eap) => {
-            let reply = Reply::Challenge { eap: &eap, state: &state, session_timeout: None };
+            let reply = Reply::Challenge {
+                eap: &eap,
+                state: &state,
+                session_timeout: None,
+            };
             respond(&core, from, &req, reply).await;
         }
         Outcome::Accept { eap, msk } => {
             lock(&core.sessions).remove(&state);
             let msk = req.trusted.then_some(&msk);
-            let reply = Reply::Accept { eap: &eap, msk, user_name: None };
+            let reply = Reply::Accept {
+                eap: &eap,
+                msk,
+                user_name: None,
+            };
             respond(&core, from, &req, reply).await;
         }
         Outcome::Reject(eap) => {
@@ -403,7 +453,13 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
             ServerEvent::Send(eap) => return Outcome::Challenge(eap),
             ServerEvent::NeedVector { imsi } => match core.auc.vector(&imsi).await {
                 Ok(v) => s.eap.provide_vector(
-                    VectorInput { rand: v.rand, autn: v.autn, xres: v.xres, ck: v.ck, ik: v.ik },
+                    VectorInput {
+                        rand: v.rand,
+                        autn: v.autn,
+                        xres: v.xres,
+                        ck: v.ck,
+                        ik: v.ik,
+                    },
                     &mut rng,
                 ),
                 Err(e) => reject_subscriber(s, &imsi, e),
@@ -463,7 +519,11 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                     s.eap.subscriber_rejected(RejectReason::StoreFailure);
                 }
             }
-            ServerEvent::PersistReauth { reauth_id, rec, lifetime_secs } => {
+            ServerEvent::PersistReauth {
+                reauth_id,
+                rec,
+                lifetime_secs,
+            } => {
                 let r = ReauthRecord {
                     reauth_id,
                     imsi: rec.imsi,
@@ -486,7 +546,15 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
             ServerEvent::Discarded { why } => {
                 debug!(why = ?why, "EAP packet discarded");
             }
-            ServerEvent::Success { eap, imsi, msk, emsk, method, identity, .. } => {
+            ServerEvent::Success {
+                eap,
+                imsi,
+                msk,
+                emsk,
+                method,
+                identity,
+                ..
+            } => {
                 drop(emsk);
                 info!(%imsi, method = %method_name(&method), identity = %identity_name(&identity), client = %s.client, "authenticated");
                 return Outcome::Accept { eap, msk };

@@ -55,7 +55,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("radius-secret")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("radius-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0);
         }
     }

@@ -14,5 +14,9 @@ fn shipped_examples_are_valid() {
             seen += 1;
         }
     }
-    assert!(seen >= 1, "no example configuration found in {}", dir.display());
+    assert!(
+        seen >= 1,
+        "no example configuration found in {}",
+        dir.display()
+    );
 }

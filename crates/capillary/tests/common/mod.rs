@@ -20,7 +20,10 @@ pub fn require(tool: &str, package: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{tool} is not installed: apt-get install {package} (scripts/test does it)");
+    assert!(
+        found,
+        "{tool} is not installed: apt-get install {package} (scripts/test does it)"
+    );
 }
 
 pub struct Core {
@@ -71,14 +74,23 @@ impl Core {
             }
             line.clear();
         }
-        assert!(port != 0, "core did not report its RADIUS address; log: {:?}", log.lock().unwrap());
+        assert!(
+            port != 0,
+            "core did not report its RADIUS address; log: {:?}",
+            log.lock().unwrap()
+        );
         std::thread::spawn(move || {
             let mut sink = String::new();
             while stdout.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
                 sink.clear();
             }
         });
-        Core { child, dir, port, log }
+        Core {
+            child,
+            dir,
+            port,
+            log,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -174,7 +186,16 @@ pub fn eapol_test(core: &Core, sim: &Sim<'_>, state: &Path, reauths: u32) -> Eap
         .arg("usim-agent")
         .arg("--ctrl")
         .arg(ctrl_dir.join("test"))
-        .args(["--key", sim.k, "--opc", sim.opc, "--sqn", &sim.sqn.to_string(), "--wait", "10"])
+        .args([
+            "--key",
+            sim.k,
+            "--opc",
+            sim.opc,
+            "--sqn",
+            &sim.sqn.to_string(),
+            "--wait",
+            "10",
+        ])
         .arg("--state")
         .arg(state)
         .stdout(Stdio::piped())
@@ -195,5 +216,9 @@ pub fn eapol_test(core: &Core, sim: &Sim<'_>, state: &Path, reauths: u32) -> Eap
     };
     let agent = agent.wait_with_output().unwrap();
     let stdout = std::fs::read_to_string(work.path().join("eapol.out")).unwrap_or_default();
-    EapolRun { status, stdout, agent }
+    EapolRun {
+        status,
+        stdout,
+        agent,
+    }
 }
