@@ -227,3 +227,102 @@ fn barred_subscriber_is_rejected() {
         core.log_text()
     );
 }
+
+#[test]
+fn zero_configuration_core_serves_loopback() {
+    require("eapol_test", "eapoltest");
+    // No file: loopback clients with the secret generated into <data-dir>/radius-secret.
+    let core = Core::start_zero_config();
+    assert_eq!(core.secret.len(), 48, "generated secret");
+    add(&core, "001010000000008", K1, OPC1, &[]);
+    let state = core.dir.path().join("usim8");
+    let sim = Sim {
+        imsi: "001010000000008",
+        k: K1,
+        opc: OPC1,
+        sqn: 0,
+    };
+    let run = eapol_test(&core, &sim, &state, 0);
+    assert!(
+        run.succeeded(),
+        "eapol_test failed:\n{}\ncore:\n{}",
+        run.stdout,
+        core.log_text()
+    );
+    assert_eq!(run.mppe_ok(), Some(1));
+}
+
+#[test]
+fn protected_result_indication() {
+    require("eapol_test", "eapoltest");
+    // AT_RESULT_IND on both sides (RFC 4187 §6.2): success goes through a protected
+    // Notification round, for the full authentication and the fast re-authentication.
+    let core = Core::start("[eap]\nresult_indication = true\n");
+    add(&core, "001010000000009", K1, OPC1, &[]);
+    let state = core.dir.path().join("usim9");
+    let sim = Sim {
+        imsi: "001010000000009",
+        k: K1,
+        opc: OPC1,
+        sqn: 0,
+    };
+    let run = eapol_test_with(&core, &sim, &state, 1, "  phase1=\"result_ind=1\"");
+    assert!(
+        run.succeeded(),
+        "eapol_test failed:\n{}\ncore:\n{}",
+        run.stdout,
+        core.log_text()
+    );
+    assert_eq!(run.mppe_ok(), Some(2));
+    assert!(
+        run.stdout.contains("AT_RESULT_IND"),
+        "peer saw no AT_RESULT_IND:\n{}",
+        run.stdout
+    );
+    let log = core.log_text();
+    assert_eq!(log.matches("method=full").count(), 1, "core log:\n{log}");
+    assert_eq!(
+        log.matches("method=fast-reauth").count(),
+        1,
+        "core log:\n{log}"
+    );
+}
+
+#[test]
+fn sqn_state_survives_restart_of_the_network_side() {
+    require("eapol_test", "eapoltest");
+    // The same USIM authenticates against two successive core processes on one store: the
+    // second must continue the SQN sequence (no stale SQN, so no resynchronisation).
+    let first = Core::start("[eap]\nfast_reauth = false\npseudonyms = false\n");
+    add(&first, "001010000000010", K1, OPC1, &[]);
+    let state = first.dir.path().join("usim10");
+    let sim = Sim {
+        imsi: "001010000000010",
+        k: K1,
+        opc: OPC1,
+        sqn: 0,
+    };
+    let run = eapol_test(&first, &sim, &state, 2);
+    assert!(run.succeeded(), "{}", run.stdout);
+    assert_eq!(
+        first.log_text().matches("method=full").count(),
+        3,
+        "{}",
+        first.log_text()
+    );
+    // kill -9, as a crash would.
+    let dir = first.stop();
+    let second = Core::start_in(dir, "[eap]\nfast_reauth = false\npseudonyms = false\n");
+    let run = eapol_test(&second, &sim, &state, 0);
+    assert!(
+        run.succeeded(),
+        "after restart:\n{}\ncore:\n{}",
+        run.stdout,
+        second.log_text()
+    );
+    assert!(
+        !second.log_text().contains("resynchronised"),
+        "needless resync:\n{}",
+        second.log_text()
+    );
+}

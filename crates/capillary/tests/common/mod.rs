@@ -31,12 +31,18 @@ pub struct Core {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The RADIUS shared secret eapol_test must use.
+    pub secret: String,
 }
 
 impl Core {
     /// Starts the network side with `extra` appended to its TOML configuration.
     pub fn start(extra: &str) -> Core {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// As [`Core::start`], in an existing directory (a restart on the same store).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Core {
         let cfg = dir.path().join("core.toml");
         std::fs::write(
             &cfg,
@@ -48,9 +54,32 @@ impl Core {
             ),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["core", "--config"])
-            .arg(&cfg)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["core", "--config"]).arg(&cfg);
+        Self::spawn(dir, cmd, |_| SECRET.to_string())
+    }
+
+    /// Starts `capillary core` with no configuration file at all, only a data directory and
+    /// a free port: the zero-configuration path (loopback clients, generated secret).
+    pub fn start_zero_config() -> Core {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["core", "--radius-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"));
+        Self::spawn(dir, cmd, |data| {
+            std::fs::read_to_string(data.join("radius-secret"))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        mut cmd: Command,
+        secret: impl FnOnce(&Path) -> String,
+    ) -> Core {
+        let mut child = cmd
             .env("CAPILLARY_LOG", "info,capillary_network=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -85,11 +114,13 @@ impl Core {
                 sink.clear();
             }
         });
+        let secret = secret(&dir.path().join("data"));
         Core {
             child,
             dir,
             port,
             log,
+            secret,
         }
     }
 
@@ -111,6 +142,16 @@ impl Core {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Core {
+    /// Kills the process and hands back its directory (store, USIM state files).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 }
 
@@ -153,6 +194,17 @@ impl EapolRun {
 
 /// Runs eapol_test (EAP-AKA', external SIM) against `core`, with `reauths` extra rounds (`-r`).
 pub fn eapol_test(core: &Core, sim: &Sim<'_>, state: &Path, reauths: u32) -> EapolRun {
+    eapol_test_with(core, sim, state, reauths, "")
+}
+
+/// As [`eapol_test`], with `network_extra` lines added to the network block.
+pub fn eapol_test_with(
+    core: &Core,
+    sim: &Sim<'_>,
+    state: &Path,
+    reauths: u32,
+    network_extra: &str,
+) -> EapolRun {
     let work = tempfile::tempdir().unwrap();
     let conf = work.path().join("eapol.conf");
     let ctrl_dir = work.path().join("ctrl");
@@ -164,9 +216,10 @@ pub fn eapol_test(core: &Core, sim: &Sim<'_>, state: &Path, reauths: u32) -> Eap
         format!(
             "ctrl_interface={}\nexternal_sim=1\nnetwork={{\n  ssid=\"capillary\"\n  \
              key_mgmt=IEEE8021X\n  eap=AKA'\n  \
-             identity=\"6{}@wlan.mnc001.mcc001.3gppnetwork.org\"\n}}\n",
+             identity=\"6{}@wlan.mnc001.mcc001.3gppnetwork.org\"\n{}\n}}\n",
             ctrl_dir.display(),
-            sim.imsi
+            sim.imsi,
+            network_extra
         ),
     )
     .unwrap();
@@ -174,7 +227,7 @@ pub fn eapol_test(core: &Core, sim: &Sim<'_>, state: &Path, reauths: u32) -> Eap
         .arg(format!("-c{}", conf.display()))
         .arg("-a127.0.0.1")
         .arg(format!("-p{}", core.port))
-        .arg(format!("-s{SECRET}"))
+        .arg(format!("-s{}", core.secret))
         .arg(format!("-r{reauths}"))
         .arg("-W")
         .arg("-t10")
