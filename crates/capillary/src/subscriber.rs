@@ -109,7 +109,8 @@ fn open(store: &StoreArgs) -> Result<SqliteStore> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::default_data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    capillary_network::create_private_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("subscribers.db");
     SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))
 }

@@ -59,7 +59,7 @@ const MAX_SESSIONS: usize = 100_000;
 pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
     cfg.check()?;
     let data_dir = cfg.data_dir.clone().ok_or(NetworkError::NoDataDir)?;
-    std::fs::create_dir_all(&data_dir).map_err(io(format!(
+    create_private_dir(&data_dir).map_err(io(format!(
         "creating data directory {}",
         data_dir.display()
     )))?;
@@ -77,6 +77,18 @@ pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
     info!("shutting down");
     handle.stop().await;
     Ok(())
+}
+
+/// Creates the data directory (and parents) accessible to its owner only, if it is missing.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
 }
 
 async fn wait_for_signal() {
@@ -161,7 +173,7 @@ impl std::fmt::Debug for Core {
 fn radius_clients(cfg: &CoreConfig) -> Result<Vec<ClientConfig>, NetworkError> {
     if cfg.radius.client.is_empty() {
         let dir: PathBuf = cfg.data_dir.clone().ok_or(NetworkError::NoDataDir)?;
-        std::fs::create_dir_all(&dir)
+        create_private_dir(&dir)
             .map_err(io(format!("creating data directory {}", dir.display())))?;
         let secret = crate::secret_file::load_or_create(&dir).map_err(io(format!(
             "reading {}",

@@ -13,4 +13,4 @@ pub mod config;
 mod driver;
 mod secret_file;
 
-pub use driver::{run, run_with_store, CoreHandle, NetworkError};
+pub use driver::{create_private_dir, run, run_with_store, CoreHandle, NetworkError};

@@ -79,7 +79,24 @@ impl fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    ///
+    /// A new database file is created readable by its owner only (it holds every K and OPc);
+    /// SQLite gives its `-wal` and `-shm` files the same permissions.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::Io(e)),
+            }
+        }
         let conn = Connection::open(path)?;
         Self::setup(conn, Some(path.to_path_buf()))
     }

@@ -223,3 +223,15 @@ proptest! {
         }
     }
 }
+
+/// The database holds every K and OPc: a new file is readable by its owner only.
+#[cfg(unix)]
+#[test]
+fn new_database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("subscribers.db");
+    let _store = capillary_store::SqliteStore::open(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+}
