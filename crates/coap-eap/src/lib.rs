@@ -1,0 +1,2 @@
+//! coap-eap (under construction).
+#![forbid(unsafe_code)]

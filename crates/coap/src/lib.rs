@@ -1,0 +1,2 @@
+//! coap (under construction).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! oscore (under construction).
+#![forbid(unsafe_code)]
