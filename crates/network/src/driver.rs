@@ -408,10 +408,10 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
         }
         Outcome::Accept { eap, msk } => {
             lock(&core.sessions).remove(&state);
-            let msk = req.trusted.then_some(&msk);
+            // The RADIUS layer withholds (and counts) the keys for untrusted clients.
             let reply = Reply::Accept {
                 eap: &eap,
-                msk,
+                msk: Some(&msk),
                 user_name: None,
             };
             respond(&core, from, &req, reply).await;
@@ -422,6 +422,10 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
         }
         Outcome::Silent => {
             debug!(client = %req.client, "EAP packet silently discarded");
+            if req.state.is_none() {
+                // A conversation that never started must not hold a session slot.
+                lock(&core.sessions).remove(&state);
+            }
             lock(&core.radius).forget(&req.key);
         }
     }
@@ -507,7 +511,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 }
             }
             ServerEvent::ResolveReauth { reauth_id } => {
-                match store.get_reauth(&reauth_id, unix_now()).await {
+                match claim_reauth(store.as_ref(), &reauth_id).await {
                     Ok(rec) => s.eap.provide_reauth(
                         rec.map(|r| ReauthContext {
                             imsi: r.imsi,
@@ -579,6 +583,27 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
         }
     }
     Outcome::Silent
+}
+
+/// Looks up a fast re-authentication record and claims its counter value with a
+/// compare-and-set, so that two conversations (or two instances sharing the store) presenting
+/// the same identity never use the same counter (RFC 4187 §5.2).
+async fn claim_reauth(
+    store: &dyn SubscriberStore,
+    reauth_id: &str,
+) -> Result<Option<ReauthRecord>, StoreError> {
+    let Some(rec) = store.get_reauth(reauth_id, unix_now()).await? else {
+        return Ok(None);
+    };
+    let Some(next) = rec.counter.checked_add(1) else {
+        return Ok(None);
+    };
+    if store.advance_reauth(reauth_id, rec.counter, next).await? {
+        Ok(Some(rec))
+    } else {
+        debug!("re-authentication identity raced by another conversation");
+        Ok(None)
+    }
 }
 
 /// Stable names for logs and metrics.
