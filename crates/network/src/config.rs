@@ -45,6 +45,16 @@ pub struct CoreConfig {
     pub eap: EapConfig,
     /// Authentication centre.
     pub auc: AucConfig,
+    /// hostapd's hlr_auc_gw vector interface (off unless a socket is given).
+    pub hlr_auc_gw: HlrAucGwConfig,
+}
+
+/// `[hlr_auc_gw]`: serve authentication vectors to hostapd (`eap_sim_db=unix:<socket>`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlrAucGwConfig {
+    /// Path of the Unix datagram socket to create.
+    pub socket: Option<PathBuf>,
 }
 
 /// `[radius]`.

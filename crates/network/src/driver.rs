@@ -250,11 +250,19 @@ pub async fn run_with_store(
         session_timeout: Duration::from_secs(cfg.radius.session_timeout_secs),
     });
     info!(%local_addr, network_name = %cfg.eap.network_name, ind = cfg.auc.ind, "RADIUS server listening");
-    let rx = tokio::spawn(receive_loop(core.clone()));
-    let hk = tokio::spawn(housekeeping(core.clone()));
+    let mut tasks = vec![
+        tokio::spawn(receive_loop(core.clone())),
+        tokio::spawn(housekeeping(core.clone())),
+    ];
+    if let Some(path) = &cfg.hlr_auc_gw.socket {
+        let task = crate::hlr_auc_gw::serve(path.clone(), core.auc.clone())
+            .await
+            .map_err(io(format!("binding hlr_auc_gw socket {}", path.display())))?;
+        tasks.push(task);
+    }
     Ok(CoreHandle {
         local_addr,
-        tasks: vec![rx, hk],
+        tasks,
         core,
     })
 }

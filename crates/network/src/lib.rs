@@ -11,6 +11,7 @@
 pub mod auc;
 pub mod config;
 mod driver;
+pub mod hlr_auc_gw;
 mod secret_file;
 
 pub use driver::{create_private_dir, run, run_with_store, CoreHandle, NetworkError};
