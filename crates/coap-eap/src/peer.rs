@@ -135,6 +135,8 @@ pub enum PeerEvent {
     Authenticated {
         /// Lifetime of the new session (Session-Lifetime, or the configured default).
         session_lifetime: Duration,
+        /// The EAP-Success packet, for the EAP peer method to complete on (RFC 3748 §4.2).
+        eap_success: Vec<u8>,
     },
     /// The session lifetime ended before a re-authentication succeeded: drop the context.
     SessionExpired,
@@ -422,7 +424,8 @@ impl CoapEapPeer {
         match payload.eap_code() {
             EAP_REQUEST if !protected => self.on_eap_request(now, msg, path, &payload),
             EAP_SUCCESS if protected && self.keys_ready => {
-                self.on_success(now, msg, path, payload.info.as_ref())
+                let eap = payload.eap.to_vec();
+                self.on_success(now, msg, path, payload.info.as_ref(), eap)
             }
             // RFC 9820 §3.3: EAP-Success is only accepted under the new OSCORE context.
             EAP_SUCCESS => self.reply(msg, Code::UNAUTHORIZED, protected),
@@ -487,6 +490,7 @@ impl CoapEapPeer {
         msg: &Message,
         path: ResourcePath,
         info: Option<&CoapEapInfo>,
+        eap: Vec<u8>,
     ) {
         let lifetime = info
             .and_then(|i| i.session_lifetime)
@@ -500,6 +504,7 @@ impl CoapEapPeer {
         self.reauth_at = now.checked_add(lifetime.saturating_sub(self.cfg.reauth_margin));
         self.events.push_back(PeerEvent::Authenticated {
             session_lifetime: lifetime,
+            eap_success: eap,
         });
     }
 

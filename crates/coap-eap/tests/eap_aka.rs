@@ -1,10 +1,9 @@
 //! CoAP-EAP carrying the real EAP-AKA' peer and server (capillary-eap) with a Milenage HSS and a
 //! software USIM (capillary-aka), in memory.
 //!
-//! Note: `EapAkaPeer` exports the MSK only when it sees EAP-Success, but RFC 9820 §3.3 sends
-//! EAP-Success under OSCORE keyed from the MSK. The device driver here therefore hands a
-//! local EAP-Success (lower-layer success indication, RFC 3748 §7.12) to the EAP peer right
-//! after answering AKA'-Challenge to obtain the MSK.
+//! RFC 9820 §3.3 sends EAP-Success under OSCORE keyed from the MSK, so the device takes the
+//! MSK from `EapAkaPeer::keys_in_progress` right after answering AKA'-Challenge, and the EAP
+//! peer then confirms it when the (OSCORE-verified) EAP-Success reaches it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
@@ -47,6 +46,7 @@ struct World {
     auth_ok: bool,
     server_msk: Option<[u8; 64]>,
     peer_msk: Option<[u8; 64]>,
+    eap_success_seen: bool,
 }
 
 impl World {
@@ -76,6 +76,7 @@ impl World {
             auth_ok: false,
             server_msk: None,
             peer_msk: None,
+            eap_success_seen: false,
         }
     }
 
@@ -115,14 +116,21 @@ impl World {
                     self.aka_peer.handle_request(&req, &mut self.rng);
                     self.drain_aka_peer();
                     if challenge {
-                        // Lower-layer success indication to obtain the MSK (see module docs).
-                        self.aka_peer
-                            .handle_request(&eap::success(req[1]), &mut self.rng);
-                        self.drain_aka_peer();
+                        // The MSK before EAP-Success (see module docs).
+                        let (msk, _) = self
+                            .aka_peer
+                            .keys_in_progress()
+                            .expect("challenge verified");
+                        self.peer_msk = Some(*msk.expose_array());
+                        self.peer.provide_msk(msk).unwrap();
                     }
                 }
                 PeerEvent::KeysReady(k) => self.peer_keys = Some(k),
-                PeerEvent::Authenticated { .. } => self.peer_ok = true,
+                PeerEvent::Authenticated { eap_success, .. } => {
+                    self.peer_ok = true;
+                    self.aka_peer.handle_request(&eap_success, &mut self.rng);
+                    self.drain_aka_peer();
+                }
                 PeerEvent::Failed(f) => panic!("peer failed: {f:?}"),
                 _ => {}
             }
@@ -185,8 +193,9 @@ impl World {
                     self.aka_peer.provide_aka(r);
                 }
                 AkaPeerEvent::Success { msk, .. } => {
-                    self.peer_msk = Some(*msk.expose_array());
-                    self.peer.provide_msk(&msk).unwrap();
+                    // EAP-Success confirms the MSK already handed to CoAP-EAP.
+                    assert_eq!(self.peer_msk, Some(*msk.expose_array()));
+                    self.eap_success_seen = true;
                 }
                 other => panic!("EAP peer: {other:?}"),
             }
@@ -240,6 +249,7 @@ fn eap_aka_prime_over_coap_eap() {
     w.run();
     assert!(w.peer_ok && w.auth_ok);
     assert_eq!(w.peer_msk, w.server_msk, "same MSK on both sides");
+    assert!(w.eap_success_seen, "the EAP peer saw the EAP-Success");
     // Trigger + Identity round + AKA'-Challenge round + Success/2.04 = 7 CoAP messages.
     assert_eq!(w.sent, 7);
     let server_msk = Msk::from_bytes(w.server_msk.unwrap());

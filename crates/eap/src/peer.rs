@@ -236,6 +236,19 @@ impl EapAkaPeer {
         id
     }
 
+    /// The MSK and EMSK of the authentication in progress, once the server proved itself
+    /// (AUTN and AT_MAC verified) and the peer answered, before EAP-Success arrives.
+    ///
+    /// CoAP-EAP (RFC 9820 §3.3) needs them at that point: the EAP-Success travels inside an
+    /// OSCORE-protected message whose keys come from the MSK. Until EAP-Success is processed
+    /// the authentication is not complete; a caller must not use the keys for anything else.
+    pub fn keys_in_progress(&self) -> Option<(&Msk, &Emsk)> {
+        match &self.state {
+            State::Authenticated(s) => Some((&s.msk, &s.emsk)),
+            _ => None,
+        }
+    }
+
     /// An EAP packet from the authenticator; `rng` supplies AT_IV values.
     pub fn handle_request(&mut self, packet: &[u8], rng: &mut dyn RngCore) {
         let Ok(p) = Packet::parse(packet) else {
