@@ -274,7 +274,7 @@ impl CoapEapPeer {
             self.start(now);
             return;
         }
-        if !self.deadline.is_some_and(|t| now >= t) {
+        if self.deadline.is_none_or(|t| now < t) {
             return;
         }
         match self.phase {
