@@ -1,13 +1,18 @@
 //! `capillary subscriber`: provisioning of the subscriber store (the embedded SQLite default).
 //! Secrets go in, never out: `list` and `show` print no K, OP or OPc.
+//!
+//! Gateway authorisation (docs/PROTOCOL.md §6): `bind` / `unbind` edit the gateways a device
+//! may attach through, `import` takes them from a `gateways` column, `audit` prints the log of
+//! refusals and successes the network writes.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use capillary_secrets::{Amf, Imsi, Op, Opc, Secret, K};
 use capillary_store::{
-    NewSubscriber, OpKind, SqliteStore, SubscriberInfo, SubscriberKind, SubscriberStatus,
-    SubscriberStore,
+    AuditRecord, NewSubscriber, OpKind, SqliteStore, SubscriberInfo, SubscriberKind,
+    SubscriberStatus, SubscriberStore,
 };
 
 /// Store location shared by every subcommand.
@@ -60,14 +65,46 @@ pub enum SubscriberCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Import subscribers from CSV (header `imsi,k,opc,op,amf,sqn,kind,status`; `opc` or `op`
-    /// per row; `amf`, `sqn`, `kind`, `status` optional). All rows or none.
+    /// Import subscribers from CSV (header `imsi,k,opc,op,amf,sqn,kind,status,ind_len,gateways`;
+    /// `opc` or `op` per row; the others optional; `gateways` lists, separated by `;`, the
+    /// gateways a device may attach through, from the file or the store). All rows or none.
     Import {
         /// The CSV file (`-` for stdin).
         file: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Allow a device to attach through a gateway (docs/PROTOCOL.md §6).
+    Bind(BindArgs),
+    /// Withdraw a device's permission to attach through a gateway.
+    Unbind(BindArgs),
+    /// Print the audit log, oldest first: time (UTC), event, subject, gateway, detail.
+    Audit {
+        /// Only records about this IMSI.
+        #[arg(long)]
+        imsi: Option<String>,
+        /// How many records: the most recent ones, or the first ones after `--after`.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this record id (for paging) instead of showing the most recent.
+        #[arg(long)]
+        after: Option<u64>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `capillary subscriber bind` / `unbind`.
+#[derive(Debug, clap::Args)]
+pub struct BindArgs {
+    /// IMSI of the device.
+    #[arg(long)]
+    imsi: String,
+    /// IMSI of the gateway.
+    #[arg(long)]
+    gateway: String,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// `capillary subscriber add`.
@@ -264,7 +301,8 @@ async fn run_async(cmd: SubscriberCmd) -> Result<()> {
         }
         SubscriberCmd::Show { imsi: text, store } => {
             let id = imsi(&text)?;
-            match open(&store)?.get(&id).await? {
+            let store = open(&store)?;
+            match store.get(&id).await? {
                 Some(s) => {
                     println!("imsi:     {}", s.imsi);
                     println!("kind:     {}", kind_text(s.kind));
@@ -273,6 +311,20 @@ async fn run_async(cmd: SubscriberCmd) -> Result<()> {
                     println!("op:       {}", if s.has_opc { "OPc" } else { "OP" });
                     println!("seq_he:   {}", s.seq_he);
                     println!("ind_len:  {}", s.ind_len);
+                    match s.kind {
+                        SubscriberKind::Device => {
+                            let gws = store.gateways_of(&id).await?;
+                            let list: Vec<&str> = gws.iter().map(Imsi::as_str).collect();
+                            if list.is_empty() {
+                                println!("gateways: (none)");
+                            } else {
+                                println!("gateways: {}", list.join(", "));
+                            }
+                        }
+                        SubscriberKind::Gateway => {
+                            println!("devices:  {}", count_devices(&store, &id).await?);
+                        }
+                    }
                 }
                 None => bail!("no subscriber {id}"),
             }
@@ -291,12 +343,187 @@ async fn run_async(cmd: SubscriberCmd) -> Result<()> {
             set_status(&text, &store, SubscriberStatus::Active).await?
         }
         SubscriberCmd::Import { file, store } => {
-            let subs = read_csv(&file)?;
-            let n = open(&store)?
-                .import(subs)
+            let csv = read_csv(&file)?;
+            let store = open(&store)?;
+            check_csv_bindings(&store, &csv)
                 .await
                 .context("import (nothing was imported)")?;
-            println!("imported {n} subscribers");
+            let bindings: Vec<(Imsi, Imsi)> =
+                csv.bindings.into_iter().map(|(_, d, g)| (d, g)).collect();
+            let m = bindings.len();
+            let n = store
+                .import_with_bindings(csv.subs, bindings)
+                .await
+                .context("import (nothing was imported)")?;
+            println!("imported {n} subscribers, {m} gateway bindings");
+        }
+        SubscriberCmd::Bind(a) => {
+            let (device, gateway) = (imsi(&a.imsi)?, imsi(&a.gateway)?);
+            let store = open(&a.store)?;
+            check_pair(&store, &device, &gateway).await?;
+            store
+                .bind_gateway(&device, &gateway)
+                .await
+                .with_context(|| format!("binding {device} to {gateway}"))?;
+            println!("{device} may attach through {gateway}");
+        }
+        SubscriberCmd::Unbind(a) => {
+            let (device, gateway) = (imsi(&a.imsi)?, imsi(&a.gateway)?);
+            if !open(&a.store)?.unbind_gateway(&device, &gateway).await? {
+                bail!("{device} is not bound to {gateway}");
+            }
+            println!("{device} may no longer attach through {gateway}");
+        }
+        SubscriberCmd::Audit {
+            imsi: subject,
+            limit,
+            after,
+            store,
+        } => {
+            let subject = subject.as_deref().map(imsi).transpose()?;
+            let store = open(&store)?;
+            let recs = read_audit(&store, subject.as_ref(), after, limit).await?;
+            if recs.is_empty() {
+                println!("no audit records");
+            } else {
+                println!(
+                    "{:>6}  {:<20}  {:<20}  {:<15}  {:<15}  DETAIL",
+                    "ID", "TIME", "EVENT", "SUBJECT", "GATEWAY"
+                );
+                for (id, r) in &recs {
+                    println!("{}", audit_line(*id, r));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clear messages for the two IMSIs of a binding (the store re-checks atomically).
+async fn check_pair(store: &SqliteStore, device: &Imsi, gateway: &Imsi) -> Result<()> {
+    match store.get(device).await?.map(|s| s.kind) {
+        None => bail!("no subscriber {device}"),
+        Some(SubscriberKind::Gateway) => {
+            bail!("{device} is a gateway; only devices are bound to gateways")
+        }
+        Some(SubscriberKind::Device) => {}
+    }
+    match store.get(gateway).await?.map(|s| s.kind) {
+        None => bail!("no subscriber {gateway}"),
+        Some(SubscriberKind::Device) => bail!("{gateway} is a device, not a gateway"),
+        Some(SubscriberKind::Gateway) => {}
+    }
+    Ok(())
+}
+
+async fn count_devices(store: &SqliteStore, gateway: &Imsi) -> Result<usize> {
+    const PAGE: usize = 1000;
+    let mut n = 0;
+    let mut after: Option<Imsi> = None;
+    loop {
+        let page = store.devices_of(gateway, after.as_ref(), PAGE).await?;
+        n += page.len();
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.clone()),
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// The first `limit` records after `after`, or (without `after`) the most recent `limit`.
+async fn read_audit(
+    store: &SqliteStore,
+    subject: Option<&Imsi>,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, AuditRecord)>> {
+    if let Some(after) = after {
+        return Ok(store.audit_log(subject, after, limit).await?);
+    }
+    const PAGE: usize = 1000;
+    let mut last = VecDeque::with_capacity(limit.min(PAGE));
+    let mut after = 0;
+    loop {
+        let page = store.audit_log(subject, after, PAGE).await?;
+        let full = page.len() == PAGE;
+        for (id, r) in page {
+            after = id;
+            if limit > 0 {
+                if last.len() == limit {
+                    last.pop_front();
+                }
+                last.push_back((id, r));
+            }
+        }
+        if !full {
+            return Ok(last.into());
+        }
+    }
+}
+
+fn audit_line(id: u64, r: &AuditRecord) -> String {
+    format!(
+        "{:>6}  {:<20}  {:<20}  {:<15}  {:<15}  {}",
+        id,
+        iso8601_utc(r.unix_time),
+        r.event.as_str(),
+        r.subject.as_str(),
+        r.gateway.as_ref().map_or("-", Imsi::as_str),
+        printable(&r.detail)
+    )
+}
+
+/// Control characters escaped, so one record stays one line.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (ISO 8601, UTC) of a Unix time; proleptic Gregorian calendar.
+fn iso8601_utc(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Days since 1970-01-01 to a civil date (H. Hinnant, "chrono-compatible low-level date
+    // algorithms", civil_from_days), in unsigned arithmetic shifted to 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Every binding of the CSV names a gateway of the file or of the store (with the line).
+async fn check_csv_bindings(store: &SqliteStore, csv: &CsvImport) -> Result<()> {
+    let kinds: HashMap<&Imsi, SubscriberKind> =
+        csv.subs.iter().map(|s| (&s.imsi, s.kind)).collect();
+    for (line, _, gateway) in &csv.bindings {
+        let kind = match kinds.get(gateway) {
+            Some(k) => Some(*k),
+            None => store.get(gateway).await?.map(|s| s.kind),
+        };
+        match kind {
+            None => bail!("line {line}: gateway {gateway} is neither in the file nor in the store"),
+            Some(SubscriberKind::Device) => {
+                bail!("line {line}: {gateway} is a device, not a gateway")
+            }
+            Some(SubscriberKind::Gateway) => {}
         }
     }
     Ok(())
@@ -323,8 +550,16 @@ fn print_row(s: &SubscriberInfo) {
     );
 }
 
+/// A parsed CSV file (Debug shows no secrets: NewSubscriber redacts them).
+#[derive(Debug)]
+struct CsvImport {
+    subs: Vec<NewSubscriber>,
+    /// `(line, device, gateway)` from the `gateways` column.
+    bindings: Vec<(usize, Imsi, Imsi)>,
+}
+
 /// Reads the CSV, reporting the line of the first bad row.
-fn read_csv(path: &Path) -> Result<Vec<NewSubscriber>> {
+fn read_csv(path: &Path) -> Result<CsvImport> {
     let reader: Box<dyn std::io::Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
@@ -340,7 +575,7 @@ fn read_csv(path: &Path) -> Result<Vec<NewSubscriber>> {
     };
     for h in headers.iter() {
         if ![
-            "imsi", "k", "opc", "op", "amf", "sqn", "kind", "status", "ind_len",
+            "imsi", "k", "opc", "op", "amf", "sqn", "kind", "status", "ind_len", "gateways",
         ]
         .iter()
         .any(|k| h.eq_ignore_ascii_case(k))
@@ -348,7 +583,7 @@ fn read_csv(path: &Path) -> Result<Vec<NewSubscriber>> {
             bail!("unknown CSV column {h:?}");
         }
     }
-    let (opc_c, op_c, amf_c, sqn_c, kind_c, status_c, ind_c) = (
+    let (opc_c, op_c, amf_c, sqn_c, kind_c, status_c, ind_c, gws_c) = (
         col("opc"),
         col("op"),
         col("amf"),
@@ -356,8 +591,10 @@ fn read_csv(path: &Path) -> Result<Vec<NewSubscriber>> {
         col("kind"),
         col("status"),
         col("ind_len"),
+        col("gateways"),
     );
     let mut out = Vec::new();
+    let mut bindings = Vec::new();
     for (i, rec) in csv.records().enumerate() {
         let line = i + 2;
         let rec = rec.with_context(|| format!("line {line}"))?;
@@ -378,9 +615,23 @@ fn read_csv(path: &Path) -> Result<Vec<NewSubscriber>> {
             status: get(status_c),
         })
         .with_context(|| format!("line {line}"))?;
+        for gw in get(gws_c)
+            .split(';')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+        {
+            if sub.kind != SubscriberKind::Device {
+                bail!("line {line}: only devices have gateways");
+            }
+            let gw = Imsi::new(gw).with_context(|| format!("line {line}: gateway {gw:?}"))?;
+            bindings.push((line, sub.imsi.clone(), gw));
+        }
         out.push(sub);
     }
-    Ok(out)
+    Ok(CsvImport {
+        subs: out,
+        bindings,
+    })
 }
 
 #[cfg(test)]
@@ -398,7 +649,9 @@ mod tests {
              001010000000002,465b5ce8b199b49faa5f0a2ee238a6bc,,cdc202d5123e20f62b6d676ac72cb318,b9b9,0x20,gateway,barred\n",
         )
         .unwrap();
-        let subs = read_csv(&p).unwrap();
+        let csv = read_csv(&p).unwrap();
+        assert!(csv.bindings.is_empty());
+        let subs = csv.subs;
         assert_eq!(subs.len(), 2);
         assert_eq!(subs[1].kind, SubscriberKind::Gateway);
         assert_eq!(subs[1].status, SubscriberStatus::Barred);
@@ -413,5 +666,69 @@ mod tests {
         assert!(err.contains("line 2") && err.contains("k:"), "{err}");
         std::fs::write(&p, "imsi,key\n").unwrap();
         assert!(read_csv(&p).is_err());
+    }
+
+    const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+    const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+
+    #[test]
+    fn csv_gateways_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.csv");
+        std::fs::write(
+            &p,
+            format!(
+                "imsi,k,opc,kind,gateways\n\
+                 001010000000001,{K},{OPC},device, 001010000000009 ;001010000000008;\n\
+                 001010000000002,{K},{OPC},,\n\
+                 001010000000009,{K},{OPC},gateway,\n"
+            ),
+        )
+        .unwrap();
+        let csv = read_csv(&p).unwrap();
+        assert_eq!(csv.subs.len(), 3);
+        let b: Vec<_> = csv
+            .bindings
+            .iter()
+            .map(|(l, d, g)| (*l, d.as_str(), g.as_str()))
+            .collect();
+        assert_eq!(
+            b,
+            vec![
+                (2, "001010000000001", "001010000000009"),
+                (2, "001010000000001", "001010000000008"),
+            ]
+        );
+        std::fs::write(
+            &p,
+            format!("imsi,k,opc,gateways\n001010000000001,{K},{OPC},12x\n"),
+        )
+        .unwrap();
+        let err = format!("{:#}", read_csv(&p).err().unwrap());
+        assert!(err.contains("line 2") && err.contains("gateway"), "{err}");
+        std::fs::write(
+            &p,
+            format!(
+                "imsi,k,opc,kind,gateways\n001010000000001,{K},{OPC},gateway,001010000000009\n"
+            ),
+        )
+        .unwrap();
+        let err = format!("{:#}", read_csv(&p).err().unwrap());
+        assert!(err.contains("only devices"), "{err}");
+    }
+
+    #[test]
+    fn iso8601_dates() {
+        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso8601_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(iso8601_utc(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(iso8601_utc(4_102_444_800), "2100-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(i64::MAX as u64), "292277026596-12-04T15:30:07Z");
+    }
+
+    #[test]
+    fn audit_detail_stays_on_one_line() {
+        assert_eq!(printable("a\nb\tc ✓"), "a\\nb\\tc ✓");
     }
 }

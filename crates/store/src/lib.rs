@@ -23,6 +23,14 @@
 //! together, so the USIM's age limit `L` (C.2.2) never rejects a vector from a slow lane.
 //! Resynchronisation (§6.3.5) only ever raises `SEQ_HE`.
 //!
+//! # Gateway authorisation (docs/PROTOCOL.md §6)
+//!
+//! A device's profile lists the gateways it may attach through
+//! ([`SubscriberStore::bind_gateway`]). The network checks every batch entry with
+//! [`SubscriberStore::authorize_batch`] (one round trip), so barring a device or revoking a
+//! gateway takes effect at the next message; a refusal is written to the append-only
+//! [`SubscriberStore::audit`] log.
+//!
 //! Secrets (K, OPc, OP, K_encr, K_aut, K_re) are stored as BLOBs and are never logged; every
 //! public type that holds one has a redacted `Debug`.
 #![forbid(unsafe_code)]
@@ -306,6 +314,157 @@ impl fmt::Debug for ReauthRecord {
     }
 }
 
+/// Longest accepted [`AuditRecord::detail`], in bytes.
+pub const MAX_AUDIT_DETAIL: usize = 1024;
+
+/// What an [`AuditRecord`] reports (docs/PROTOCOL.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A device authenticated through a gateway it is bound to (`"auth_succeeded"`).
+    AuthSucceeded,
+    /// Authentication failed for another reason, e.g. a wrong RES (`"auth_failed"`).
+    AuthFailed,
+    /// The device is not bound to the gateway it came through (`"not_bound_to_gateway"`).
+    NotBoundToGateway,
+    /// The gateway is barred (revoked) (`"gateway_revoked"`).
+    GatewayRevoked,
+    /// The device is barred (`"device_barred"`).
+    DeviceBarred,
+    /// No device with this IMSI (`"unknown_device"`).
+    UnknownDevice,
+    /// No gateway with this IMSI (`"unknown_gateway"`).
+    UnknownGateway,
+}
+
+impl AuditEvent {
+    /// Every event, in declaration order.
+    pub const ALL: [AuditEvent; 7] = [
+        Self::AuthSucceeded,
+        Self::AuthFailed,
+        Self::NotBoundToGateway,
+        Self::GatewayRevoked,
+        Self::DeviceBarred,
+        Self::UnknownDevice,
+        Self::UnknownGateway,
+    ];
+
+    /// Stored text form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthSucceeded => "auth_succeeded",
+            Self::AuthFailed => "auth_failed",
+            Self::NotBoundToGateway => "not_bound_to_gateway",
+            Self::GatewayRevoked => "gateway_revoked",
+            Self::DeviceBarred => "device_barred",
+            Self::UnknownDevice => "unknown_device",
+            Self::UnknownGateway => "unknown_gateway",
+        }
+    }
+}
+
+impl fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuditEvent {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| StoreError::InvalidInput(format!("unknown audit event {s:?}")))
+    }
+}
+
+/// One entry of the append-only audit log. Holds no secrets: `detail` is free text written by
+/// the caller, who must keep keys, RES, AUTS and the like out of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When it happened (Unix seconds, at most `i64::MAX`).
+    pub unix_time: u64,
+    /// What happened.
+    pub event: AuditEvent,
+    /// The subscriber concerned (usually the device). Kept as text: the record outlives the
+    /// subscriber.
+    pub subject: Imsi,
+    /// The gateway involved, if any.
+    pub gateway: Option<Imsi>,
+    /// Human-readable detail, at most [`MAX_AUDIT_DETAIL`] bytes, no secrets.
+    pub detail: String,
+}
+
+impl AuditRecord {
+    /// Checks the limits the backends enforce.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if i64::try_from(self.unix_time).is_err() {
+            return Err(StoreError::InvalidInput(
+                "audit time must be at most i64::MAX".into(),
+            ));
+        }
+        if self.detail.len() > MAX_AUDIT_DETAIL {
+            return Err(StoreError::InvalidInput(format!(
+                "audit detail must be at most {MAX_AUDIT_DETAIL} bytes, got {}",
+                self.detail.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The answer of [`SubscriberStore::authorize_batch`] for one `(device, gateway)` pair
+/// (docs/PROTOCOL.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Authorization {
+    /// Status of the device; `None` if there is no subscriber of kind device with this IMSI.
+    pub device_status: Option<SubscriberStatus>,
+    /// Status of the gateway; `None` if there is no subscriber of kind gateway with this IMSI.
+    pub gateway_status: Option<SubscriberStatus>,
+    /// True if the device's profile lists the gateway.
+    pub bound: bool,
+}
+
+impl Authorization {
+    /// Why the pair is refused, checked in this order: unknown device, barred device, unknown
+    /// gateway, revoked (barred) gateway, not bound. `None` means allowed.
+    pub fn denial(&self) -> Option<AuditEvent> {
+        match (self.device_status, self.gateway_status) {
+            (None, _) => Some(AuditEvent::UnknownDevice),
+            (Some(SubscriberStatus::Barred), _) => Some(AuditEvent::DeviceBarred),
+            (_, None) => Some(AuditEvent::UnknownGateway),
+            (_, Some(SubscriberStatus::Barred)) => Some(AuditEvent::GatewayRevoked),
+            _ if !self.bound => Some(AuditEvent::NotBoundToGateway),
+            _ => None,
+        }
+    }
+
+    /// True if both are known and active and the device is bound to the gateway.
+    pub fn is_allowed(&self) -> bool {
+        self.denial().is_none()
+    }
+}
+
+/// Checks the kinds of a `(device, gateway)` binding: `None` means the IMSI is unknown.
+pub(crate) fn check_binding(
+    device: &Imsi,
+    device_kind: Option<SubscriberKind>,
+    gateway: &Imsi,
+    gateway_kind: Option<SubscriberKind>,
+) -> Result<(), StoreError> {
+    match (device_kind, gateway_kind) {
+        (None, _) | (_, None) => Err(StoreError::UnknownSubscriber),
+        (Some(SubscriberKind::Gateway), _) => Err(StoreError::InvalidInput(format!(
+            "{device} is a gateway; only devices are bound to gateways"
+        ))),
+        (_, Some(SubscriberKind::Device)) => Err(StoreError::InvalidInput(format!(
+            "{gateway} is a device, not a gateway"
+        ))),
+        (Some(SubscriberKind::Device), Some(SubscriberKind::Gateway)) => Ok(()),
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -341,8 +500,9 @@ pub enum StoreError {
 
 /// The subscriber database (HSS/AuC).
 ///
-/// All methods are atomic on their own; [`SubscriberStore::import`] and
-/// [`SubscriberStore::allocate_batch`] are one transaction each. Implementations must not rely on
+/// All methods are atomic on their own; [`SubscriberStore::import`],
+/// [`SubscriberStore::import_with_bindings`] and [`SubscriberStore::allocate_batch`] are one
+/// transaction each. Implementations must not rely on
 /// a process-local lock for correctness: several processes may share one database.
 #[async_trait]
 pub trait SubscriberStore: Send + Sync + 'static {
@@ -363,7 +523,8 @@ pub trait SubscriberStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<SubscriberInfo>, StoreError>;
 
-    /// Removes a subscriber and its pseudonyms and re-authentication records. False if unknown.
+    /// Removes a subscriber and its pseudonyms, re-authentication records and gateway bindings
+    /// (both directions). Its audit records stay. False if unknown.
     async fn remove(&self, imsi: &Imsi) -> Result<bool, StoreError>;
 
     /// Sets the status. False if unknown.
@@ -383,8 +544,8 @@ pub trait SubscriberStore: Send + Sync + 'static {
         -> Result<AuthMaterial, StoreError>;
 
     /// [`SubscriberStore::allocate`] for many `(imsi, ind, count)` requests in one transaction.
-    /// Per-request failures are in the inner results and do not affect the others; the outer
-    /// error means nothing was allocated.
+    /// Per-request failures are in the inner results, allocate nothing and do not affect the
+    /// others; the outer error means nothing was allocated at all.
     async fn allocate_batch(
         &self,
         reqs: &[(Imsi, u32, u32)],
@@ -433,6 +594,60 @@ pub trait SubscriberStore: Send + Sync + 'static {
 
     /// Deletes a re-authentication record (no error if absent).
     async fn delete_reauth(&self, reauth_id: &str) -> Result<(), StoreError>;
+
+    /// [`SubscriberStore::import`] plus gateway bindings, in one transaction: the subscribers
+    /// are added first, then every `(device, gateway)` pair is bound as by
+    /// [`SubscriberStore::bind_gateway`] (either side may be in `subs` or already stored). All
+    /// or nothing. Returns the number of subscribers imported.
+    async fn import_with_bindings(
+        &self,
+        subs: Vec<NewSubscriber>,
+        bindings: Vec<(Imsi, Imsi)>,
+    ) -> Result<usize, StoreError>;
+
+    /// Allows `device` to attach through `gateway` (docs/PROTOCOL.md §6). Idempotent.
+    ///
+    /// Errors: [`StoreError::UnknownSubscriber`] if either is unknown,
+    /// [`StoreError::InvalidInput`] if `device` is not of kind device or `gateway` not of kind
+    /// gateway.
+    async fn bind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<(), StoreError>;
+
+    /// Removes a binding. False if there was none.
+    async fn unbind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<bool, StoreError>;
+
+    /// The gateways `device` may attach through, ordered by IMSI (empty if unknown).
+    async fn gateways_of(&self, device: &Imsi) -> Result<Vec<Imsi>, StoreError>;
+
+    /// Up to `limit` devices bound to `gateway` with IMSI greater than `after`, ordered by IMSI
+    /// (for vector prefetch when the gateway attaches). Barred devices are included.
+    async fn devices_of(
+        &self,
+        gateway: &Imsi,
+        after: Option<&Imsi>,
+        limit: usize,
+    ) -> Result<Vec<Imsi>, StoreError>;
+
+    /// Authorisation of a whole batch of `(device, gateway)` pairs in one round trip, read from
+    /// one consistent snapshot; one [`Authorization`] per pair, in order
+    /// (docs/PROTOCOL.md §6: checked on every batch entry).
+    async fn authorize_batch(
+        &self,
+        pairs: &[(Imsi, Imsi)],
+    ) -> Result<Vec<Authorization>, StoreError>;
+
+    /// Appends a record to the audit log. [`StoreError::InvalidInput`] if `detail` is longer
+    /// than [`MAX_AUDIT_DETAIL`] or `unix_time` exceeds `i64::MAX`.
+    async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError>;
+
+    /// Up to `limit` audit records with id greater than `after_id`, oldest first, only those
+    /// about `subject` if given. Ids are positive, increasing and never reused; page with the
+    /// last id returned.
+    async fn audit_log(
+        &self,
+        subject: Option<&Imsi>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
 
     /// Deletes pseudonyms and re-authentication records with `expires_unix <= now_unix`;
     /// returns how many. The default does nothing.

@@ -1,16 +1,17 @@
 //! In-memory backend with the semantics of [`crate::SqliteStore`], for tests and the simulator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use capillary_secrets::{Amf, Imsi, K};
 
 use crate::{
-    check_count, check_counter_step, check_seq, plan_allocation, AuthMaterial, NewSubscriber,
-    OpKind, ReauthRecord, StoreError, SubscriberInfo, SubscriberKind, SubscriberStatus,
-    SubscriberStore,
+    check_binding, check_count, check_counter_step, check_seq, plan_allocation, AuditRecord,
+    AuthMaterial, Authorization, NewSubscriber, OpKind, ReauthRecord, StoreError, SubscriberInfo,
+    SubscriberKind, SubscriberStatus, SubscriberStore,
 };
 
 struct Row {
@@ -28,6 +29,64 @@ struct State {
     subscribers: BTreeMap<Imsi, Row>,
     pseudonyms: HashMap<String, (Imsi, u64)>,
     reauth: HashMap<String, ReauthRecord>,
+    /// Gateway bindings: device → its gateways.
+    gateways: BTreeMap<Imsi, BTreeSet<Imsi>>,
+    /// The same bindings the other way round: gateway → its devices.
+    devices: BTreeMap<Imsi, BTreeSet<Imsi>>,
+    /// Audit log, ids increasing from 1.
+    audit: Vec<(u64, AuditRecord)>,
+    last_audit_id: u64,
+}
+
+impl State {
+    fn kind_of(&self, imsi: &Imsi) -> Option<SubscriberKind> {
+        self.subscribers.get(imsi).map(|r| r.kind)
+    }
+
+    fn status_of(&self, imsi: &Imsi, kind: SubscriberKind) -> Option<SubscriberStatus> {
+        self.subscribers
+            .get(imsi)
+            .filter(|r| r.kind == kind)
+            .map(|r| r.status)
+    }
+
+    fn bind(&mut self, device: &Imsi, gateway: &Imsi) {
+        self.gateways
+            .entry(device.clone())
+            .or_default()
+            .insert(gateway.clone());
+        self.devices
+            .entry(gateway.clone())
+            .or_default()
+            .insert(device.clone());
+    }
+
+    fn unbind(&mut self, device: &Imsi, gateway: &Imsi) -> bool {
+        let found = unlink(&mut self.gateways, device, gateway);
+        unlink(&mut self.devices, gateway, device);
+        found
+    }
+
+    fn is_bound(&self, device: &Imsi, gateway: &Imsi) -> bool {
+        self.gateways
+            .get(device)
+            .is_some_and(|gs| gs.contains(gateway))
+    }
+
+    /// Checks new rows (valid, no duplicate in the batch or the store).
+    fn check_import(&self, rows: &[(Imsi, Row)]) -> Result<(), StoreError> {
+        let mut seen = BTreeSet::new();
+        for (i, (imsi, _)) in rows.iter().enumerate() {
+            if self.subscribers.contains_key(imsi) || !seen.insert(imsi) {
+                tracing::warn!(
+                    index = i,
+                    "import rejected: duplicate IMSI in batch or store"
+                );
+                return Err(StoreError::Exists);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// In-memory [`SubscriberStore`]. One mutex guards the whole state, which is the in-memory
@@ -89,6 +148,18 @@ fn row(s: NewSubscriber) -> Result<(Imsi, Row), StoreError> {
     ))
 }
 
+/// Removes `to` from the set of `from`, dropping an emptied set. True if it was there.
+fn unlink(links: &mut BTreeMap<Imsi, BTreeSet<Imsi>>, from: &Imsi, to: &Imsi) -> bool {
+    let Some(set) = links.get_mut(from) else {
+        return false;
+    };
+    let found = set.remove(to);
+    if set.is_empty() {
+        links.remove(from);
+    }
+    found
+}
+
 fn allocate_in(
     st: &mut State,
     imsi: &Imsi,
@@ -130,20 +201,29 @@ impl SubscriberStore for MemoryStore {
     }
 
     async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
+        self.import_with_bindings(subs, Vec::new()).await
+    }
+
+    async fn import_with_bindings(
+        &self,
+        subs: Vec<NewSubscriber>,
+        bindings: Vec<(Imsi, Imsi)>,
+    ) -> Result<usize, StoreError> {
         let rows = subs.into_iter().map(row).collect::<Result<Vec<_>, _>>()?;
         let mut st = self.lock();
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, (imsi, _)) in rows.iter().enumerate() {
-            if st.subscribers.contains_key(imsi) || !seen.insert(imsi) {
-                tracing::warn!(
-                    index = i,
-                    "import rejected: duplicate IMSI in batch or store"
-                );
-                return Err(StoreError::Exists);
-            }
+        st.check_import(&rows)?;
+        // Validate every binding against the store plus the batch before changing anything.
+        let new_kinds: HashMap<&Imsi, SubscriberKind> =
+            rows.iter().map(|(i, r)| (i, r.kind)).collect();
+        let kind = |i: &Imsi| st.kind_of(i).or_else(|| new_kinds.get(i).copied());
+        for (device, gateway) in &bindings {
+            check_binding(device, kind(device), gateway, kind(gateway))?;
         }
         let n = rows.len();
         st.subscribers.extend(rows);
+        for (device, gateway) in &bindings {
+            st.bind(device, gateway);
+        }
         Ok(n)
     }
 
@@ -156,7 +236,6 @@ impl SubscriberStore for MemoryStore {
         after: Option<&Imsi>,
         limit: usize,
     ) -> Result<Vec<SubscriberInfo>, StoreError> {
-        use std::ops::Bound;
         let st = self.lock();
         let lower = match after {
             Some(a) => Bound::Excluded(a.clone()),
@@ -177,6 +256,12 @@ impl SubscriberStore for MemoryStore {
         }
         st.pseudonyms.retain(|_, (i, _)| i != imsi);
         st.reauth.retain(|_, r| &r.imsi != imsi);
+        for gateway in st.gateways.remove(imsi).unwrap_or_default() {
+            unlink(&mut st.devices, &gateway, imsi);
+        }
+        for device in st.devices.remove(imsi).unwrap_or_default() {
+            unlink(&mut st.gateways, &device, imsi);
+        }
         Ok(true)
     }
 
@@ -300,6 +385,88 @@ impl SubscriberStore for MemoryStore {
     async fn delete_reauth(&self, reauth_id: &str) -> Result<(), StoreError> {
         self.lock().reauth.remove(reauth_id);
         Ok(())
+    }
+
+    async fn bind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        check_binding(device, st.kind_of(device), gateway, st.kind_of(gateway))?;
+        st.bind(device, gateway);
+        Ok(())
+    }
+
+    async fn unbind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<bool, StoreError> {
+        Ok(self.lock().unbind(device, gateway))
+    }
+
+    async fn gateways_of(&self, device: &Imsi) -> Result<Vec<Imsi>, StoreError> {
+        let st = self.lock();
+        Ok(st
+            .gateways
+            .get(device)
+            .map(|gs| gs.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn devices_of(
+        &self,
+        gateway: &Imsi,
+        after: Option<&Imsi>,
+        limit: usize,
+    ) -> Result<Vec<Imsi>, StoreError> {
+        let st = self.lock();
+        let Some(ds) = st.devices.get(gateway) else {
+            return Ok(Vec::new());
+        };
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.clone()),
+            None => Bound::Unbounded,
+        };
+        Ok(ds
+            .range((lower, Bound::Unbounded))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn authorize_batch(
+        &self,
+        pairs: &[(Imsi, Imsi)],
+    ) -> Result<Vec<Authorization>, StoreError> {
+        let st = self.lock();
+        Ok(pairs
+            .iter()
+            .map(|(device, gateway)| Authorization {
+                device_status: st.status_of(device, SubscriberKind::Device),
+                gateway_status: st.status_of(gateway, SubscriberKind::Gateway),
+                bound: st.is_bound(device, gateway),
+            })
+            .collect())
+    }
+
+    async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
+        rec.check()?;
+        let mut st = self.lock();
+        st.last_audit_id += 1;
+        let id = st.last_audit_id;
+        st.audit.push((id, rec));
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        subject: Option<&Imsi>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        let st = self.lock();
+        // Ids are increasing: skip to the first one after `after_id`.
+        let start = st.audit.partition_point(|(id, _)| *id <= after_id);
+        Ok(st.audit[start..]
+            .iter()
+            .filter(|(_, r)| subject.is_none_or(|s| &r.subject == s))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn purge_expired(&self, now_unix: u64) -> Result<u64, StoreError> {

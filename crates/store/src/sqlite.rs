@@ -18,16 +18,19 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::{
-    check_count, check_counter_step, check_ind, check_seq, AuthMaterial, NewSubscriber, OpKind,
-    ReauthRecord, StoreError, SubscriberInfo, SubscriberKind, SubscriberStatus, SubscriberStore,
-    MAX_IND_LEN,
+    check_binding, check_count, check_counter_step, check_ind, check_seq, AuditEvent, AuditRecord,
+    AuthMaterial, Authorization, NewSubscriber, OpKind, ReauthRecord, StoreError, SubscriberInfo,
+    SubscriberKind, SubscriberStatus, SubscriberStore, MAX_IND_LEN,
 };
 
 /// How long a writer waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Schema migrations; migration `i` brings `PRAGMA user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+/// Released entries are never edited: a change is a new entry.
+const MIGRATIONS: &[&str] = &[
+    // v1: subscribers, pseudonyms, re-authentication records.
+    r#"
 CREATE TABLE subscriber (
     imsi     TEXT    NOT NULL PRIMARY KEY,
     k        BLOB    NOT NULL CHECK (length(k) = 16),
@@ -58,7 +61,31 @@ CREATE TABLE reauth (
     expires   INTEGER NOT NULL
 );
 CREATE INDEX reauth_imsi ON reauth (imsi);
-"#];
+"#,
+    // v2: gateway bindings and the audit log (docs/PROTOCOL.md §6).
+    r#"
+CREATE TABLE gateway_binding (
+    device   TEXT NOT NULL REFERENCES subscriber (imsi) ON DELETE CASCADE,
+    gateway  TEXT NOT NULL REFERENCES subscriber (imsi) ON DELETE CASCADE,
+    created  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (device, gateway)
+) WITHOUT ROWID;
+CREATE INDEX gateway_binding_gateway ON gateway_binding (gateway, device);
+CREATE TABLE audit (
+    id        INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    unix_time INTEGER NOT NULL CHECK (unix_time >= 0),
+    event     TEXT    NOT NULL,
+    subject   TEXT    NOT NULL,
+    gateway   TEXT,
+    detail    TEXT    NOT NULL
+);
+CREATE INDEX audit_subject ON audit (subject, id);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"#,
+];
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -120,7 +147,7 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
+        migrate_to(&mut conn, MIGRATIONS.len())?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -145,7 +172,8 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Brings the schema up to version `target` (≤ `MIGRATIONS.len()`) in one transaction.
+fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version)
@@ -156,7 +184,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(version) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i + 1)?;
         tracing::info!(version = i + 1, "store schema migrated");
@@ -304,10 +332,7 @@ fn now_to_sql(t: u64) -> i64 {
     unix_to_sql(t).min(i64::MAX - 1)
 }
 
-fn insert_subscriber(
-    tx: &rusqlite::Transaction<'_>,
-    s: &NewSubscriber,
-) -> Result<bool, StoreError> {
+fn insert_subscriber(tx: &Connection, s: &NewSubscriber) -> Result<bool, StoreError> {
     let seq_he = s.initial_seq()?;
     let (opc, op): (Option<&[u8]>, Option<&[u8]>) = match &s.op {
         OpKind::Opc(v) => (Some(v.expose()), None),
@@ -340,7 +365,7 @@ fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
 /// an active subscriber with room for `count` more SEQ values in a valid lane; if it matches
 /// nothing, a read inside the same transaction says why.
 fn allocate_in(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     imsi: &Imsi,
     ind: u32,
     count: u32,
@@ -405,7 +430,7 @@ fn decode_material(
 }
 
 fn owner_of(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     table: &str,
     key_col: &str,
     key: &str,
@@ -418,7 +443,7 @@ fn owner_of(
     }
 }
 
-fn subscriber_exists(tx: &rusqlite::Transaction<'_>, imsi: &Imsi) -> Result<bool, StoreError> {
+fn subscriber_exists(tx: &Connection, imsi: &Imsi) -> Result<bool, StoreError> {
     Ok(tx
         .query_row(
             "SELECT 1 FROM subscriber WHERE imsi = ?1",
@@ -431,6 +456,72 @@ fn subscriber_exists(tx: &rusqlite::Transaction<'_>, imsi: &Imsi) -> Result<bool
 
 fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+fn kind_of(tx: &Connection, imsi: &Imsi) -> Result<Option<SubscriberKind>, StoreError> {
+    let mut stmt = tx.prepare_cached("SELECT kind FROM subscriber WHERE imsi = ?1")?;
+    let mut rows = stmt.query(params![imsi.as_str()])?;
+    rows.next()?.map(|r| col_kind(r, 0)).transpose()
+}
+
+/// Binds inside an open transaction, after checking both kinds.
+fn bind_in(tx: &Connection, device: &Imsi, gateway: &Imsi) -> Result<(), StoreError> {
+    check_binding(device, kind_of(tx, device)?, gateway, kind_of(tx, gateway)?)?;
+    tx.prepare_cached(
+        "INSERT INTO gateway_binding (device, gateway) VALUES (?1, ?2)
+         ON CONFLICT (device, gateway) DO NOTHING",
+    )?
+    .execute(params![device.as_str(), gateway.as_str()])?;
+    Ok(())
+}
+
+/// Status of `imsi` if it is a subscriber of `kind`.
+fn status_of(
+    tx: &Connection,
+    imsi: &Imsi,
+    kind: SubscriberKind,
+) -> Result<Option<SubscriberStatus>, StoreError> {
+    let mut stmt =
+        tx.prepare_cached("SELECT status FROM subscriber WHERE imsi = ?1 AND kind = ?2")?;
+    let mut rows = stmt.query(params![imsi.as_str(), kind.as_str()])?;
+    rows.next()?.map(|r| col_status(r, 0)).transpose()
+}
+
+fn imsis(rows: &mut rusqlite::Rows<'_>) -> Result<Vec<Imsi>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(col_imsi(row, 0)?);
+    }
+    Ok(out)
+}
+
+fn col_opt_imsi(row: &Row<'_>, idx: usize) -> Result<Option<Imsi>, StoreError> {
+    match row.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        _ => col_imsi(row, idx).map(Some),
+    }
+}
+
+const AUDIT_COLS: &str = "id, unix_time, event, subject, gateway, detail";
+
+fn decode_audit(row: &Row<'_>) -> Result<(u64, AuditRecord), StoreError> {
+    let id = col_u64(row, 0, "audit id")?;
+    Ok((
+        id,
+        AuditRecord {
+            unix_time: col_u64(row, 1, "unix_time")?,
+            event: col_text(row, 2, "event")?
+                .parse::<AuditEvent>()
+                .map_err(|_| corrupt("event"))?,
+            subject: col_imsi(row, 3)?,
+            gateway: col_opt_imsi(row, 4)?,
+            detail: col_text(row, 5, "detail")?.to_owned(),
+        },
+    ))
+}
+
+fn limit_to_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -448,6 +539,14 @@ impl SubscriberStore for SqliteStore {
     }
 
     async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
+        self.import_with_bindings(subs, Vec::new()).await
+    }
+
+    async fn import_with_bindings(
+        &self,
+        subs: Vec<NewSubscriber>,
+        bindings: Vec<(Imsi, Imsi)>,
+    ) -> Result<usize, StoreError> {
         self.run(move |conn| {
             let tx = immediate(conn)?;
             for (i, s) in subs.iter().enumerate() {
@@ -458,6 +557,9 @@ impl SubscriberStore for SqliteStore {
                     );
                     return Err(StoreError::Exists);
                 }
+            }
+            for (device, gateway) in &bindings {
+                bind_in(&tx, device, gateway)?;
             }
             tx.commit()?;
             Ok(subs.len())
@@ -508,6 +610,10 @@ impl SubscriberStore for SqliteStore {
                 params![imsi.as_str()],
             )?;
             tx.execute("DELETE FROM reauth WHERE imsi = ?1", params![imsi.as_str()])?;
+            tx.execute(
+                "DELETE FROM gateway_binding WHERE device = ?1 OR gateway = ?1",
+                params![imsi.as_str()],
+            )?;
             let n = tx.execute(
                 "DELETE FROM subscriber WHERE imsi = ?1",
                 params![imsi.as_str()],
@@ -554,13 +660,24 @@ impl SubscriberStore for SqliteStore {
     ) -> Result<Vec<Result<AuthMaterial, StoreError>>, StoreError> {
         let reqs = reqs.to_vec();
         self.run(move |conn| {
-            let tx = immediate(conn)?;
+            // One transaction for the whole batch; each request inside its own savepoint, so a
+            // failed request (e.g. a corrupt row found after its UPDATE ran) allocates nothing.
+            let mut tx = immediate(conn)?;
             let mut out = Vec::with_capacity(reqs.len());
             for (imsi, ind, count) in &reqs {
-                match allocate_in(&tx, imsi, *ind, *count) {
+                let mut sp = tx.savepoint()?;
+                match allocate_in(&sp, imsi, *ind, *count) {
                     // A database failure aborts the whole batch (rolled back on drop).
                     Err(e @ StoreError::Sqlite(_)) => return Err(e),
-                    r => out.push(r),
+                    Ok(m) => {
+                        sp.commit()?;
+                        out.push(Ok(m));
+                    }
+                    Err(e) => {
+                        sp.rollback()?;
+                        sp.commit()?;
+                        out.push(Err(e));
+                    }
                 }
             }
             tx.commit()?;
@@ -720,6 +837,152 @@ impl SubscriberStore for SqliteStore {
         .await
     }
 
+    async fn bind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<(), StoreError> {
+        let (device, gateway) = (device.clone(), gateway.clone());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            bind_in(&tx, &device, &gateway)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unbind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<bool, StoreError> {
+        let (device, gateway) = (device.clone(), gateway.clone());
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            let n = tx.execute(
+                "DELETE FROM gateway_binding WHERE device = ?1 AND gateway = ?2",
+                params![device.as_str(), gateway.as_str()],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn gateways_of(&self, device: &Imsi) -> Result<Vec<Imsi>, StoreError> {
+        let device = device.clone();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT gateway FROM gateway_binding WHERE device = ?1 ORDER BY gateway",
+            )?;
+            let mut rows = stmt.query(params![device.as_str()])?;
+            imsis(&mut rows)
+        })
+        .await
+    }
+
+    async fn devices_of(
+        &self,
+        gateway: &Imsi,
+        after: Option<&Imsi>,
+        limit: usize,
+    ) -> Result<Vec<Imsi>, StoreError> {
+        let gateway = gateway.clone();
+        let after = after.map(|a| a.as_str().to_owned()).unwrap_or_default();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT device FROM gateway_binding WHERE gateway = ?1 AND device > ?2
+                 ORDER BY device LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![gateway.as_str(), after, limit_to_sql(limit)])?;
+            imsis(&mut rows)
+        })
+        .await
+    }
+
+    async fn authorize_batch(
+        &self,
+        pairs: &[(Imsi, Imsi)],
+    ) -> Result<Vec<Authorization>, StoreError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs = pairs.to_vec();
+        self.run(move |conn| {
+            // A read transaction: every answer comes from the same snapshot.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let mut out = Vec::with_capacity(pairs.len());
+            for (device, gateway) in &pairs {
+                let bound = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM gateway_binding WHERE device = ?1 AND gateway = ?2",
+                    )?
+                    .exists(params![device.as_str(), gateway.as_str()])?;
+                out.push(Authorization {
+                    device_status: status_of(&tx, device, SubscriberKind::Device)?,
+                    gateway_status: status_of(&tx, gateway, SubscriberKind::Gateway)?,
+                    bound,
+                });
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
+        rec.check()?;
+        self.run(move |conn| {
+            let tx = immediate(conn)?;
+            tx.execute(
+                "INSERT INTO audit (unix_time, event, subject, gateway, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    unix_to_sql(rec.unix_time),
+                    rec.event.as_str(),
+                    rec.subject.as_str(),
+                    rec.gateway.as_ref().map(Imsi::as_str),
+                    rec.detail,
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(
+        &self,
+        subject: Option<&Imsi>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        let Ok(after_id) = i64::try_from(after_id) else {
+            return Ok(Vec::new());
+        };
+        let subject = subject.cloned();
+        let limit = limit_to_sql(limit);
+        self.run(move |conn| {
+            let mut out = Vec::new();
+            let mut push_all = |mut rows: rusqlite::Rows<'_>| -> Result<(), StoreError> {
+                while let Some(row) = rows.next()? {
+                    out.push(decode_audit(row)?);
+                }
+                Ok(())
+            };
+            match &subject {
+                Some(s) => {
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT {AUDIT_COLS} FROM audit WHERE subject = ?1 AND id > ?2
+                         ORDER BY id LIMIT ?3"
+                    ))?;
+                    push_all(stmt.query(params![s.as_str(), after_id, limit])?)?;
+                }
+                None => {
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"
+                    ))?;
+                    push_all(stmt.query(params![after_id, limit])?)?;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now_unix: u64) -> Result<u64, StoreError> {
         self.run(move |conn| {
             let tx = immediate(conn)?;
@@ -730,5 +993,110 @@ impl SubscriberStore for SqliteStore {
             Ok((a + b) as u64)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use capillary_secrets::Imsi;
+
+    fn imsi(n: u64) -> Imsi {
+        Imsi::new(&format!("00101{n:010}")).unwrap()
+    }
+
+    fn sub(n: u64, kind: SubscriberKind) -> NewSubscriber {
+        let mut s = NewSubscriber::new(
+            imsi(n),
+            K::from_slice(&[n as u8; 16]).unwrap(),
+            OpKind::Opc(Opc::from_slice(&[0xa5; 16]).unwrap()),
+            Amf([0x80, 0]),
+        );
+        s.kind = kind;
+        s
+    }
+
+    fn user_version(conn: &Connection) -> u32 {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A database written by a build that knew only migration v1 upgrades in place to the
+    /// current schema, keeping every row.
+    #[tokio::test]
+    async fn v1_database_upgrades_in_place() {
+        assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hss.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            migrate_to(&mut conn, 1).unwrap();
+            assert_eq!(user_version(&conn), 1);
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name IN ('gateway_binding', 'audit')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(tables, 0, "v1 has no v2 tables");
+            let tx = immediate(&mut conn).unwrap();
+            assert!(insert_subscriber(&tx, &sub(1, SubscriberKind::Device)).unwrap());
+            assert!(insert_subscriber(&tx, &sub(2, SubscriberKind::Gateway)).unwrap());
+            allocate_in(&tx, &imsi(1), 3, 4).unwrap();
+            tx.execute(
+                "INSERT INTO pseudonym (pseudonym, imsi, expires) VALUES ('p', ?1, 100)",
+                params![imsi(1).as_str()],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        {
+            let conn = s.conn.lock().unwrap();
+            assert_eq!(user_version(&conn), 2);
+        }
+        let info = s.get(&imsi(1)).await.unwrap().unwrap();
+        assert_eq!(info.seq_he, 4);
+        assert_eq!(s.resolve_pseudonym("p", 1).await.unwrap(), Some(imsi(1)));
+        assert_eq!(s.list(None, 10).await.unwrap().len(), 2);
+        // The new tables work on the old rows.
+        s.bind_gateway(&imsi(1), &imsi(2)).await.unwrap();
+        assert_eq!(s.gateways_of(&imsi(1)).await.unwrap(), vec![imsi(2)]);
+        s.audit(AuditRecord {
+            unix_time: 5,
+            event: AuditEvent::AuthSucceeded,
+            subject: imsi(1),
+            gateway: Some(imsi(2)),
+            detail: String::new(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.audit_log(None, 0, 10).await.unwrap().len(), 1);
+        let m = s.allocate(&imsi(1), 3, 1).await.unwrap();
+        assert_eq!(m.sqns[0].value(), (5 << 5) | 3);
+        drop(s);
+        // Reopening is a no-op migration.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.gateways_of(&imsi(1)).await.unwrap(), vec![imsi(2)]);
+    }
+
+    /// Migrating to a target below the stored version changes nothing; unknown newer versions
+    /// are refused.
+    #[test]
+    fn migrate_to_is_monotonic() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, MIGRATIONS.len()).unwrap();
+        migrate_to(&mut conn, 1).unwrap();
+        assert_eq!(user_version(&conn) as usize, MIGRATIONS.len());
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+            .unwrap();
+        assert!(matches!(
+            migrate_to(&mut conn, MIGRATIONS.len()),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

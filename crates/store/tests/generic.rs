@@ -6,11 +6,33 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use capillary_secrets::Imsi;
 use capillary_secrets::{Op, Secret, Sqn, K};
 use capillary_store::{
-    OpKind, StoreError, SubscriberKind, SubscriberStatus, SubscriberStore, MAX_ALLOCATE,
+    AuditEvent, AuditRecord, Authorization, NewSubscriber, OpKind, StoreError, SubscriberKind,
+    SubscriberStatus, SubscriberStore, MAX_ALLOCATE, MAX_AUDIT_DETAIL,
 };
 use common::{imsi, reauth, sub};
+
+fn gw(n: u64) -> NewSubscriber {
+    let mut g = sub(n);
+    g.kind = SubscriberKind::Gateway;
+    g
+}
+
+fn rec(t: u64, event: AuditEvent, subject: u64, gateway: Option<u64>, detail: &str) -> AuditRecord {
+    AuditRecord {
+        unix_time: t,
+        event,
+        subject: imsi(subject),
+        gateway: gateway.map(imsi),
+        detail: detail.to_owned(),
+    }
+}
+
+fn imsis(ns: &[u64]) -> Vec<Imsi> {
+    ns.iter().copied().map(imsi).collect()
+}
 
 async fn crud<S: SubscriberStore>(s: S) {
     assert!(s.get(&imsi(1)).await.unwrap().is_none());
@@ -341,6 +363,419 @@ async fn secrets_round_trip<S: SubscriberStore>(s: S) {
     assert_eq!(format!("{:?}", m.op), "Op(..)");
 }
 
+/// docs/PROTOCOL.md §6: bindings name the gateways a device may attach through.
+async fn gateway_bindings<S: SubscriberStore>(s: S) {
+    // Gateways sort below (1) and above (99) the devices (10..=14).
+    s.import(vec![gw(1), gw(99)]).await.unwrap();
+    for n in 10..=14 {
+        s.add(sub(n)).await.unwrap();
+    }
+    s.bind_gateway(&imsi(10), &imsi(1)).await.unwrap();
+    s.bind_gateway(&imsi(10), &imsi(99)).await.unwrap();
+    s.bind_gateway(&imsi(10), &imsi(1)).await.unwrap(); // idempotent
+    for n in 11..=14 {
+        s.bind_gateway(&imsi(n), &imsi(1)).await.unwrap();
+    }
+    s.bind_gateway(&imsi(12), &imsi(99)).await.unwrap();
+
+    assert_eq!(s.gateways_of(&imsi(10)).await.unwrap(), imsis(&[1, 99]));
+    assert_eq!(s.gateways_of(&imsi(11)).await.unwrap(), imsis(&[1]));
+    assert!(s.gateways_of(&imsi(1)).await.unwrap().is_empty());
+    assert!(s.gateways_of(&imsi(50)).await.unwrap().is_empty());
+
+    assert_eq!(
+        s.devices_of(&imsi(1), None, 100).await.unwrap(),
+        imsis(&[10, 11, 12, 13, 14])
+    );
+    assert_eq!(
+        s.devices_of(&imsi(99), None, 100).await.unwrap(),
+        imsis(&[10, 12])
+    );
+    // Paging.
+    let mut seen = Vec::new();
+    let mut after: Option<Imsi> = None;
+    loop {
+        let page = s.devices_of(&imsi(1), after.as_ref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        seen.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(seen, imsis(&[10, 11, 12, 13, 14]));
+    assert_eq!(
+        s.devices_of(&imsi(1), Some(&imsi(12)), 100).await.unwrap(),
+        imsis(&[13, 14])
+    );
+    assert!(s.devices_of(&imsi(1), None, 0).await.unwrap().is_empty());
+    assert!(s.devices_of(&imsi(10), None, 10).await.unwrap().is_empty());
+    assert!(s.devices_of(&imsi(50), None, 10).await.unwrap().is_empty());
+
+    // Errors: unknown IMSIs, wrong kinds; nothing is bound.
+    assert!(matches!(
+        s.bind_gateway(&imsi(10), &imsi(50)).await,
+        Err(StoreError::UnknownSubscriber)
+    ));
+    assert!(matches!(
+        s.bind_gateway(&imsi(50), &imsi(1)).await,
+        Err(StoreError::UnknownSubscriber)
+    ));
+    for (d, g) in [(10, 11), (1, 99), (1, 10), (10, 10), (1, 1)] {
+        let r = s.bind_gateway(&imsi(d), &imsi(g)).await;
+        assert!(
+            matches!(r, Err(StoreError::InvalidInput(_))),
+            "{d}->{g}: {r:?}"
+        );
+    }
+    assert_eq!(s.gateways_of(&imsi(10)).await.unwrap(), imsis(&[1, 99]));
+    assert!(s.gateways_of(&imsi(1)).await.unwrap().is_empty());
+
+    // Unbind.
+    assert!(s.unbind_gateway(&imsi(10), &imsi(99)).await.unwrap());
+    assert!(!s.unbind_gateway(&imsi(10), &imsi(99)).await.unwrap());
+    assert!(!s.unbind_gateway(&imsi(50), &imsi(1)).await.unwrap());
+    assert_eq!(s.gateways_of(&imsi(10)).await.unwrap(), imsis(&[1]));
+    assert_eq!(
+        s.devices_of(&imsi(99), None, 10).await.unwrap(),
+        imsis(&[12])
+    );
+
+    // Barring changes no binding.
+    s.set_status(&imsi(1), SubscriberStatus::Barred)
+        .await
+        .unwrap();
+    assert_eq!(s.devices_of(&imsi(1), None, 100).await.unwrap().len(), 5);
+
+    // Removing a device removes its bindings; removing a gateway removes all bindings to it.
+    assert!(s.remove(&imsi(12)).await.unwrap());
+    assert!(s.devices_of(&imsi(99), None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.devices_of(&imsi(1), None, 100).await.unwrap(),
+        imsis(&[10, 11, 13, 14])
+    );
+    assert!(s.remove(&imsi(1)).await.unwrap());
+    for n in [10, 11, 13, 14] {
+        assert!(s.gateways_of(&imsi(n)).await.unwrap().is_empty());
+    }
+    // A re-added subscriber starts with no bindings.
+    s.add(gw(1)).await.unwrap();
+    s.add(sub(12)).await.unwrap();
+    assert!(s.devices_of(&imsi(1), None, 100).await.unwrap().is_empty());
+    assert!(s.gateways_of(&imsi(12)).await.unwrap().is_empty());
+}
+
+fn auth(
+    device: Option<SubscriberStatus>,
+    gateway: Option<SubscriberStatus>,
+    bound: bool,
+) -> Authorization {
+    Authorization {
+        device_status: device,
+        gateway_status: gateway,
+        bound,
+    }
+}
+
+/// docs/PROTOCOL.md §6: every batch entry is checked; barring and revoking act at once.
+async fn authorize_batch_mix<S: SubscriberStore>(s: S) {
+    use SubscriberStatus::{Active, Barred};
+    s.import(vec![gw(1), gw(2), sub(10), sub(11), sub(13)])
+        .await
+        .unwrap();
+    s.bind_gateway(&imsi(10), &imsi(1)).await.unwrap();
+    s.bind_gateway(&imsi(10), &imsi(2)).await.unwrap();
+    s.bind_gateway(&imsi(11), &imsi(1)).await.unwrap();
+    s.set_status(&imsi(11), Barred).await.unwrap();
+    s.set_status(&imsi(2), Barred).await.unwrap();
+
+    assert!(s.authorize_batch(&[]).await.unwrap().is_empty());
+    let pairs = [
+        (10, 1),  // allowed
+        (10, 2),  // gateway revoked, still bound
+        (11, 1),  // device barred
+        (12, 1),  // unknown device
+        (10, 3),  // unknown gateway
+        (13, 1),  // not bound
+        (1, 1),   // a gateway is not a device
+        (10, 13), // a device is not a gateway
+        (10, 1),  // repeated
+    ];
+    let pairs: Vec<_> = pairs.iter().map(|(d, g)| (imsi(*d), imsi(*g))).collect();
+    let out = s.authorize_batch(&pairs).await.unwrap();
+    let want = vec![
+        auth(Some(Active), Some(Active), true),
+        auth(Some(Active), Some(Barred), true),
+        auth(Some(Barred), Some(Active), true),
+        auth(None, Some(Active), false),
+        auth(Some(Active), None, false),
+        auth(Some(Active), Some(Active), false),
+        auth(None, Some(Active), false),
+        auth(Some(Active), None, false),
+        auth(Some(Active), Some(Active), true),
+    ];
+    assert_eq!(out, want);
+    let verdicts: Vec<_> = out.iter().map(Authorization::denial).collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            None,
+            Some(AuditEvent::GatewayRevoked),
+            Some(AuditEvent::DeviceBarred),
+            Some(AuditEvent::UnknownDevice),
+            Some(AuditEvent::UnknownGateway),
+            Some(AuditEvent::NotBoundToGateway),
+            Some(AuditEvent::UnknownDevice),
+            Some(AuditEvent::UnknownGateway),
+            None,
+        ]
+    );
+    assert!(out[0].is_allowed() && !out[1].is_allowed());
+
+    // Revoking the gateway takes effect at the next batch; so does lifting it, unbinding,
+    // barring the device and removing it.
+    let one = [(imsi(10), imsi(1))];
+    s.set_status(&imsi(1), Barred).await.unwrap();
+    let r = s.authorize_batch(&one).await.unwrap()[0];
+    assert_eq!(r.denial(), Some(AuditEvent::GatewayRevoked));
+    s.set_status(&imsi(1), Active).await.unwrap();
+    assert!(s.authorize_batch(&one).await.unwrap()[0].is_allowed());
+    s.set_status(&imsi(10), Barred).await.unwrap();
+    let r = s.authorize_batch(&one).await.unwrap()[0];
+    assert_eq!(r.denial(), Some(AuditEvent::DeviceBarred));
+    s.set_status(&imsi(10), Active).await.unwrap();
+    s.unbind_gateway(&imsi(10), &imsi(1)).await.unwrap();
+    let r = s.authorize_batch(&one).await.unwrap()[0];
+    assert_eq!(r, auth(Some(Active), Some(Active), false));
+    s.bind_gateway(&imsi(10), &imsi(1)).await.unwrap();
+    s.remove(&imsi(1)).await.unwrap();
+    let r = s.authorize_batch(&one).await.unwrap()[0];
+    assert_eq!(r, auth(Some(Active), None, false));
+
+    // A large batch keeps its order.
+    s.add(gw(1)).await.unwrap();
+    for n in 100..300 {
+        s.add(sub(n)).await.unwrap();
+        if n % 3 == 0 {
+            s.bind_gateway(&imsi(n), &imsi(1)).await.unwrap();
+        }
+    }
+    let pairs: Vec<_> = (100..300).map(|n| (imsi(n), imsi(1))).collect();
+    let out = s.authorize_batch(&pairs).await.unwrap();
+    assert_eq!(out.len(), 200);
+    for (n, a) in (100..300u64).zip(&out) {
+        assert_eq!(a.bound, n % 3 == 0, "{n}");
+        assert_eq!(a.is_allowed(), n % 3 == 0, "{n}");
+    }
+}
+
+/// The denial order of [`Authorization::denial`].
+#[test]
+fn authorization_denial_order() {
+    use SubscriberStatus::{Active, Barred};
+    let sts = [None, Some(Active), Some(Barred)];
+    for d in sts {
+        for g in sts {
+            for bound in [false, true] {
+                let a = auth(d, g, bound);
+                let want = match (d, g, bound) {
+                    (None, _, _) => Some(AuditEvent::UnknownDevice),
+                    (Some(Barred), _, _) => Some(AuditEvent::DeviceBarred),
+                    (_, None, _) => Some(AuditEvent::UnknownGateway),
+                    (_, Some(Barred), _) => Some(AuditEvent::GatewayRevoked),
+                    (_, _, false) => Some(AuditEvent::NotBoundToGateway),
+                    _ => None,
+                };
+                assert_eq!(a.denial(), want, "{a:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn audit_event_text_round_trip() {
+    let mut texts = HashSet::new();
+    for e in AuditEvent::ALL {
+        assert_eq!(e.as_str().parse::<AuditEvent>().unwrap(), e);
+        assert_eq!(e.to_string(), e.as_str());
+        assert!(texts.insert(e.as_str()));
+    }
+    assert!(matches!(
+        "Auth_Succeeded".parse::<AuditEvent>(),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!("".parse::<AuditEvent>().is_err());
+}
+
+async fn audit_log<S: SubscriberStore>(s: S) {
+    assert!(s.audit_log(None, 0, 100).await.unwrap().is_empty());
+    s.import(vec![gw(1), sub(10), sub(11)]).await.unwrap();
+    let recs = vec![
+        rec(1_700_000_000, AuditEvent::AuthSucceeded, 10, Some(1), "ok"),
+        rec(
+            1_700_000_001,
+            AuditEvent::NotBoundToGateway,
+            11,
+            Some(1),
+            "",
+        ),
+        rec(
+            1_700_000_002,
+            AuditEvent::AuthFailed,
+            10,
+            None,
+            "MAC mismatch",
+        ),
+        rec(
+            0,
+            AuditEvent::UnknownDevice,
+            12,
+            Some(1),
+            "unicode ✓ 'quoted'",
+        ),
+        rec(
+            i64::MAX as u64,
+            AuditEvent::GatewayRevoked,
+            10,
+            Some(1),
+            &"x".repeat(MAX_AUDIT_DETAIL),
+        ),
+    ];
+    for r in &recs {
+        s.audit(r.clone()).await.unwrap();
+    }
+    let all = s.audit_log(None, 0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), recs);
+    assert!(all[0].0 > 0);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+
+    // Paging by id.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.audit_log(None, after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert!(s.audit_log(None, 0, 0).await.unwrap().is_empty());
+    assert!(s.audit_log(None, u64::MAX, 10).await.unwrap().is_empty());
+    assert!(s
+        .audit_log(None, all.last().unwrap().0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // By subject.
+    let of10 = s.audit_log(Some(&imsi(10)), 0, 100).await.unwrap();
+    assert_eq!(of10, vec![all[0].clone(), all[2].clone(), all[4].clone()]);
+    let of10_later = s.audit_log(Some(&imsi(10)), all[0].0, 1).await.unwrap();
+    assert_eq!(of10_later, vec![all[2].clone()]);
+    assert!(s.audit_log(Some(&imsi(1)), 0, 10).await.unwrap().is_empty());
+
+    // Bad records are refused and append nothing.
+    let long = rec(
+        5,
+        AuditEvent::AuthFailed,
+        10,
+        None,
+        &"y".repeat(MAX_AUDIT_DETAIL + 1),
+    );
+    assert!(matches!(
+        s.audit(long).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    let late = rec(u64::MAX, AuditEvent::AuthFailed, 10, None, "");
+    assert!(matches!(
+        s.audit(late).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(s.audit_log(None, 0, 100).await.unwrap(), all);
+
+    // Records outlive their subject; ids are not reused.
+    assert!(s.remove(&imsi(10)).await.unwrap());
+    assert_eq!(s.audit_log(Some(&imsi(10)), 0, 100).await.unwrap(), of10);
+    s.audit(rec(9, AuditEvent::DeviceBarred, 11, None, "after"))
+        .await
+        .unwrap();
+    let tail = s.audit_log(None, all.last().unwrap().0, 10).await.unwrap();
+    assert_eq!(tail.len(), 1);
+    assert!(tail[0].0 > all.last().unwrap().0);
+}
+
+type ErrCheck = fn(&StoreError) -> bool;
+
+async fn import_with_bindings<S: SubscriberStore>(s: S) {
+    s.add(gw(1)).await.unwrap();
+    // Bindings may name stored subscribers or ones of the same batch, in any order.
+    let n = s
+        .import_with_bindings(
+            vec![sub(10), sub(11), gw(2)],
+            vec![
+                (imsi(10), imsi(1)),
+                (imsi(10), imsi(2)),
+                (imsi(11), imsi(2)),
+                (imsi(11), imsi(2)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(s.gateways_of(&imsi(10)).await.unwrap(), imsis(&[1, 2]));
+    assert_eq!(s.gateways_of(&imsi(11)).await.unwrap(), imsis(&[2]));
+    assert_eq!(
+        s.devices_of(&imsi(2), None, 10).await.unwrap(),
+        imsis(&[10, 11])
+    );
+
+    // A binding to an existing device from a new gateway.
+    s.import_with_bindings(vec![gw(3)], vec![(imsi(11), imsi(3))])
+        .await
+        .unwrap();
+    assert_eq!(s.gateways_of(&imsi(11)).await.unwrap(), imsis(&[2, 3]));
+
+    // All or nothing: a bad binding imports no subscriber and binds nothing.
+    let bad_sets: Vec<(Vec<(u64, u64)>, ErrCheck)> = vec![
+        (vec![(20, 21), (20, 50)], |e| {
+            matches!(e, StoreError::UnknownSubscriber)
+        }),
+        (vec![(20, 21), (50, 21)], |e| {
+            matches!(e, StoreError::UnknownSubscriber)
+        }),
+        (vec![(20, 21), (20, 10)], |e| {
+            matches!(e, StoreError::InvalidInput(_))
+        }),
+        (vec![(21, 1)], |e| matches!(e, StoreError::InvalidInput(_))),
+        (vec![(10, 21), (1, 21)], |e| {
+            matches!(e, StoreError::InvalidInput(_))
+        }),
+    ];
+    for (bindings, want) in bad_sets {
+        let b: Vec<_> = bindings.iter().map(|(d, g)| (imsi(*d), imsi(*g))).collect();
+        let r = s.import_with_bindings(vec![sub(20), gw(21)], b).await;
+        assert!(r.as_ref().is_err_and(want), "{bindings:?}: {r:?}");
+        assert!(s.get(&imsi(20)).await.unwrap().is_none());
+        assert!(s.get(&imsi(21)).await.unwrap().is_none());
+        assert_eq!(s.gateways_of(&imsi(10)).await.unwrap(), imsis(&[1, 2]));
+    }
+    // A duplicate subscriber binds nothing either.
+    let r = s
+        .import_with_bindings(vec![sub(20), sub(10)], vec![(imsi(20), imsi(1))])
+        .await;
+    assert!(matches!(r, Err(StoreError::Exists)), "{r:?}");
+    assert!(s.devices_of(&imsi(1), None, 10).await.unwrap() == imsis(&[10]));
+    // No subscribers, only bindings.
+    assert_eq!(
+        s.import_with_bindings(vec![], vec![(imsi(11), imsi(1))])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.gateways_of(&imsi(11)).await.unwrap(), imsis(&[1, 2, 3]));
+}
+
 macro_rules! suite {
     ($module:ident, $make:expr, $($name:ident),* $(,)?) => {
         mod $module {
@@ -373,4 +808,8 @@ all_backends!(
     pseudonyms_and_reauth,
     concurrent_allocations,
     secrets_round_trip,
+    gateway_bindings,
+    authorize_batch_mix,
+    audit_log,
+    import_with_bindings,
 );
