@@ -1,0 +1,2 @@
+//! capillary-device (under construction).
+#![forbid(unsafe_code)]

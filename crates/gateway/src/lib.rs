@@ -1,0 +1,2 @@
+//! capillary-gateway (under construction).
+#![forbid(unsafe_code)]
