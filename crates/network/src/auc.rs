@@ -9,7 +9,7 @@ use std::sync::Arc;
 use capillary_aka::vector::{generate_vector, verify_auts, AuthVector};
 use capillary_aka::Milenage;
 use capillary_secrets::{Auts, Imsi, Rand};
-use capillary_store::{AuthMaterial, OpKind, StoreError, SubscriberStore};
+use capillary_store::{AuthMaterial, OpKind, StoreError, SubscriberKind, SubscriberStore};
 use rand::RngCore;
 
 /// Why no vector could be produced.
@@ -22,6 +22,10 @@ pub enum AucError {
     /// The subscriber is barred.
     #[error("subscriber barred")]
     Barred,
+    /// The subscriber exists but is of the other kind (a device presenting itself as a gateway,
+    /// or the reverse).
+    #[error("subscriber is of the wrong kind")]
+    WrongKind,
     /// The AUTS from the peer did not verify (MAC-S wrong).
     #[error("AUTS did not verify")]
     BadAuts,
@@ -87,6 +91,38 @@ impl Auc {
         Ok(generate_vector(&milenage(&mat), &rand, &sqn, &amf))
     }
 
+    /// One fresh vector for each request, with ONE store round trip for the whole batch
+    /// (`allocate_batch`, one transaction). A subscriber whose kind differs from the expected
+    /// one gets [`AucError::WrongKind`]; its SQN is still consumed, which is harmless.
+    pub async fn vectors(
+        &self,
+        requests: &[(Imsi, SubscriberKind)],
+    ) -> Result<Vec<Result<AuthVector, AucError>>, AucError> {
+        let reqs: Vec<(Imsi, u32, u32)> = requests
+            .iter()
+            .map(|(imsi, _)| (imsi.clone(), self.ind, 1))
+            .collect();
+        let materials = self.store.allocate_batch(&reqs).await?;
+        Ok(materials
+            .into_iter()
+            .zip(requests)
+            .map(|(mat, (_, kind))| {
+                let mat = mat?;
+                if mat.kind != *kind {
+                    return Err(AucError::WrongKind);
+                }
+                let sqn = mat.sqns.first().copied().ok_or_else(|| {
+                    AucError::Store(StoreError::Corrupt("allocation returned no SQN".into()))
+                })?;
+                let mut amf = mat.amf;
+                amf.0[0] |= 0x80;
+                let mut rand = Rand([0; 16]);
+                rand::rngs::OsRng.fill_bytes(&mut rand.0);
+                Ok(generate_vector(&milenage(&mat), &rand, &sqn, &amf))
+            })
+            .collect())
+    }
+
     /// Resynchronisation (TS 33.102 §6.3.5): verifies AUTS and moves SEQ_HE up to SEQ_MS, so the
     /// next vector is fresh for the USIM. Returns SEQ_MS.
     pub async fn resync(&self, imsi: &Imsi, rand: &Rand, auts: &Auts) -> Result<u64, AucError> {
@@ -96,5 +132,48 @@ impl Auc {
         let seq_ms = sqn_ms.seq(mat.ind_len);
         self.store.resync(imsi, seq_ms).await?;
         Ok(seq_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capillary_secrets::{Amf, Opc, Secret, K};
+    use capillary_store::{MemoryStore, NewSubscriber};
+
+    fn imsi(n: u32) -> Imsi {
+        Imsi::new(&format!("0010100000{n:05}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn batch_of_vectors_in_one_round_trip() {
+        let store = Arc::new(MemoryStore::new());
+        let k = K::from_hex("465b5ce8b199b49faa5f0a2ee238a6bc").unwrap();
+        let opc = Opc::from_hex("cd63cb71954a9f4e48a5994e37a02baf").unwrap();
+        store
+            .add(NewSubscriber::new(imsi(1), k.clone(), OpKind::Opc(opc.clone()), Amf([0, 0])))
+            .await
+            .unwrap();
+        let mut gw = NewSubscriber::new(imsi(2), k, OpKind::Opc(opc), Amf([0, 0]));
+        gw.kind = SubscriberKind::Gateway;
+        store.add(gw).await.unwrap();
+        let auc = Auc::new(store.clone(), 3);
+        let out = auc
+            .vectors(&[
+                (imsi(1), SubscriberKind::Device),
+                (imsi(2), SubscriberKind::Device),
+                (imsi(9), SubscriberKind::Device),
+                (imsi(2), SubscriberKind::Gateway),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 4);
+        let v = out[0].as_ref().unwrap();
+        // AMF separation bit forced on (RFC 9048 §3.1), SQN in lane 3.
+        assert_eq!(v.autn.0[6] & 0x80, 0x80);
+        assert!(matches!(out[1], Err(AucError::WrongKind)));
+        assert!(matches!(out[2], Err(AucError::UnknownSubscriber)));
+        assert!(out[3].is_ok());
+        assert_eq!(store.get(&imsi(1)).await.unwrap().unwrap().seq_he, 1);
     }
 }
