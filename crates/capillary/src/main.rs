@@ -3,6 +3,10 @@
 #![forbid(unsafe_code)]
 
 mod auc_gen;
+mod bench_radius;
+mod demo;
+mod device_cmd;
+mod gateway_cmd;
 mod subscriber;
 mod usim_agent;
 
@@ -31,6 +35,21 @@ enum Command {
     AucGen(auc_gen::AucGenArgs),
     /// Soft USIM for wpa_supplicant / eapol_test with `external_sim=1`.
     UsimAgent(UsimAgentArgs),
+    /// Run devices (soft USIM, CoAP-EAP, OSCORE) that attach through a gateway and send data.
+    Device(device_cmd::DeviceArgs),
+    /// The whole system on this machine: network side, a gateway and N devices, end to end.
+    Demo(demo::DemoArgs),
+    /// Run the MTC gateway: authenticate to the network, relay and batch device traffic.
+    Gateway(gateway_cmd::GatewayArgs),
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// EAP-AKA' RADIUS load: many concurrent sessions, full or fast re-authentication.
+    Radius(bench_radius::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +69,10 @@ struct CoreArgs {
     /// Network name for AT_KDF_INPUT (RFC 9048 §3.1).
     #[arg(long)]
     network_name: Option<String>,
+    /// Gateway-link address (docs/PROTOCOL.md); without a configuration file the default is
+    /// 127.0.0.1:5683.
+    #[arg(long)]
+    link_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +128,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Subscriber(cmd) => subscriber::run(cmd),
         Command::AucGen(args) => auc_gen::run(args),
         Command::UsimAgent(args) => usim_agent_cmd(args),
+        Command::Device(args) => device_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Bench(BenchCmd::Radius(args)) => bench_radius::run(args),
     }
 }
 
@@ -137,6 +164,11 @@ fn core(args: CoreArgs) -> Result<()> {
     }
     if let Some(n) = args.network_name {
         cfg.eap.network_name = n;
+    }
+    if let Some(l) = args.link_listen {
+        cfg.link.listen = Some(l);
+    } else if args.config.is_none() && cfg.link.listen.is_none() {
+        cfg.link.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 5683)));
     }
     if cfg.data_dir.is_none() {
         cfg.data_dir = Some(default_data_dir());

@@ -151,7 +151,12 @@ mod tests {
         let k = K::from_hex("465b5ce8b199b49faa5f0a2ee238a6bc").unwrap();
         let opc = Opc::from_hex("cd63cb71954a9f4e48a5994e37a02baf").unwrap();
         store
-            .add(NewSubscriber::new(imsi(1), k.clone(), OpKind::Opc(opc.clone()), Amf([0, 0])))
+            .add(NewSubscriber::new(
+                imsi(1),
+                k.clone(),
+                OpKind::Opc(opc.clone()),
+                Amf([0, 0]),
+            ))
             .await
             .unwrap();
         let mut gw = NewSubscriber::new(imsi(2), k, OpKind::Opc(opc), Amf([0, 0]));

@@ -47,6 +47,28 @@ pub struct CoreConfig {
     pub auc: AucConfig,
     /// hostapd's hlr_auc_gw vector interface (off unless a socket is given).
     pub hlr_auc_gw: HlrAucGwConfig,
+    /// The gateway link (docs/PROTOCOL.md): CoAP-EAP and relayed devices from MTC gateways.
+    pub link: LinkSection,
+}
+
+/// `[link]`: where MTC gateways reach the network side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSection {
+    /// UDP address of the gateway link; off when absent. `capillary core` without a
+    /// configuration file listens on 127.0.0.1:5683.
+    pub listen: Option<SocketAddr>,
+    /// Session-Lifetime given to gateways and devices (RFC 9820 §5.1), seconds.
+    pub session_lifetime_secs: u32,
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            session_lifetime_secs: 24 * 3600,
+        }
+    }
 }
 
 /// `[hlr_auc_gw]`: serve authentication vectors to hostapd (`eap_sim_db=unix:<socket>`).

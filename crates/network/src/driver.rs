@@ -71,6 +71,9 @@ pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "radius-listen={}", handle.local_addr);
+        if let Some(link) = &handle.link {
+            let _ = writeln!(out, "link-listen={}", link.local_addr);
+        }
         let _ = out.flush();
     }
     wait_for_signal().await;
@@ -120,6 +123,8 @@ pub struct CoreHandle {
     pub local_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     core: Arc<Core>,
+    /// The gateway link, when `[link] listen` is set.
+    pub link: Option<crate::link_driver::LinkHandle>,
 }
 
 impl CoreHandle {
@@ -260,10 +265,29 @@ pub async fn run_with_store(
             .map_err(io(format!("binding hlr_auc_gw socket {}", path.display())))?;
         tasks.push(task);
     }
+    let mut link = None;
+    if let Some(listen) = cfg.link.listen {
+        let link_cfg = crate::link::LinkConfig {
+            eap: capillary_eap::server::ServerConfig {
+                network_name: cfg.eap.network_name.clone(),
+                pseudonyms: false,
+                fast_reauth: false,
+                ..capillary_eap::server::ServerConfig::default()
+            },
+            session_lifetime_secs: cfg.link.session_lifetime_secs,
+            ..crate::link::LinkConfig::default()
+        };
+        let (handle, task) = crate::link_driver::spawn(listen, link_cfg, core.auc.clone())
+            .await
+            .map_err(io(format!("binding the gateway link {listen}")))?;
+        tasks.push(task);
+        link = Some(handle);
+    }
     Ok(CoreHandle {
         local_addr,
         tasks,
         core,
+        link,
     })
 }
 

@@ -12,6 +12,8 @@ pub mod auc;
 pub mod config;
 mod driver;
 pub mod hlr_auc_gw;
+pub mod link;
+pub mod link_driver;
 mod secret_file;
 
 pub use driver::{create_private_dir, run, run_with_store, CoreHandle, NetworkError};

@@ -64,8 +64,15 @@ impl Core {
     pub fn start_zero_config() -> Core {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["core", "--radius-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"));
+        cmd.args([
+            "core",
+            "--radius-listen",
+            "127.0.0.1:0",
+            "--link-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"));
         Self::spawn(dir, cmd, |data| {
             std::fs::read_to_string(data.join("radius-secret"))
                 .unwrap()

@@ -1,0 +1,1350 @@
+//! [`LinkEndpoint`]: routing between gateways, device sessions, the store and OSCORE.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use capillary_aka::vector::AuthVector;
+use capillary_coap::msg::option_number;
+use capillary_coap::reliability::{
+    Dedup, DedupResult, MessageIdAllocator, Outbox, Retransmission, TokenAllocator,
+};
+use capillary_coap::{Code, Message, MessageType};
+use capillary_coap_eap::trigger::is_trigger;
+use capillary_eap::server::{RejectReason, VectorInput};
+use capillary_oscore::{OscoreError, RequestBinding};
+use capillary_relay::batch::{MAX_COAP_BODY, MAX_ENTRIES};
+use capillary_relay::{Batch, DecodedBatch, Entry, EntryKind, OutcomeResult};
+use capillary_secrets::{Auts, Imsi, Rand};
+use capillary_store::{AuditEvent, Authorization, SubscriberKind};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::session::{Finish, Need, Pumped, Session};
+use super::{DropCause, FailureCause, LinkAudit, LinkConfig, LinkError, LinkEvent, LinkStats};
+
+/// A device is known by the gateway it came through and the gateway's handle (§4).
+type DevKey = (SocketAddr, u32);
+
+/// Largest batch payload the network sends: 64 KiB (§4) less room for CoAP and OSCORE
+/// headers, so that the protected message still fits one UDP datagram.
+const MAX_SEND_BATCH: usize = 60 * 1024;
+
+/// Largest downlink payload: the relayed CoAP message must stay within §4's 1,152 bytes.
+const MAX_DOWNLINK: usize = MAX_COAP_BODY - 64;
+
+#[derive(Debug)]
+struct Gateway {
+    /// The gateway's own CoAP-EAP run; its confirmed keys are the link context (§3).
+    session: Session,
+    mids: MessageIdAllocator,
+    tokens: TokenAllocator,
+    /// Network-initiated `POST /r` (RFC 7252 §4.2).
+    outbox: Outbox,
+    /// Message ID → (token, binding) of outstanding network-initiated requests.
+    out_requests: HashMap<u16, (Vec<u8>, RequestBinding)>,
+    /// Device-bound entries waiting for a batch.
+    pending: Vec<Entry>,
+    /// Requests from this gateway whose response waits for the driver.
+    held: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Gateway(SocketAddr, u64),
+    Device(DevKey, u64),
+}
+
+#[derive(Debug)]
+struct PendingUplink {
+    key: DevKey,
+    generation: u64,
+    device: Imsi,
+    request: Message,
+    binding: RequestBinding,
+}
+
+#[derive(Debug)]
+enum AuthzItem {
+    Attach(DevKey, u64),
+    Uplink(Box<PendingUplink>),
+}
+
+#[derive(Debug)]
+enum TicketKind {
+    Vectors(Vec<Owner>),
+    Resync(Owner),
+    Authorize(Vec<AuthzItem>),
+}
+
+#[derive(Debug)]
+struct Ticket {
+    batch: Option<u64>,
+    kind: TicketKind,
+}
+
+#[derive(Debug)]
+struct RespondTo {
+    /// The outer request (type, Message ID, token).
+    request: Message,
+    binding: RequestBinding,
+}
+
+#[derive(Debug)]
+struct Held {
+    gateway: SocketAddr,
+    respond: Option<RespondTo>,
+    outstanding: usize,
+    deadline: Instant,
+}
+
+/// Store requests collected while processing one datagram.
+#[derive(Debug, Default)]
+struct Acc {
+    vectors: Vec<(Imsi, SubscriberKind, Owner)>,
+    authz: Vec<((Imsi, Imsi), AuthzItem)>,
+    resyncs: Vec<(Owner, Imsi, Rand, Auts)>,
+}
+
+fn count<K: Ord>(map: &mut std::collections::BTreeMap<K, u64>, k: K) {
+    *map.entry(k).or_default() += 1;
+}
+
+/// The network end of the gateway link; see the [module docs](super).
+#[derive(Debug)]
+pub struct LinkEndpoint {
+    cfg: LinkConfig,
+    rng: StdRng,
+    gateways: HashMap<SocketAddr, Gateway>,
+    devices: HashMap<DevKey, Session>,
+    by_imsi: HashMap<Imsi, DevKey>,
+    tickets: HashMap<u64, Ticket>,
+    next_ticket: u64,
+    held: HashMap<u64, Held>,
+    next_batch: u64,
+    gw_dedup: Dedup<SocketAddr>,
+    dev_dedup: Dedup<DevKey>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<LinkEvent>,
+    stats: LinkStats,
+}
+
+impl LinkEndpoint {
+    /// A new endpoint; all randomness (Message IDs, tokens, EAP Identifiers, RAND-independent
+    /// nonces of EAP-AKA') comes from `seed`. Pseudonyms and fast re-authentication are
+    /// switched off in `cfg.eap` (module docs).
+    pub fn new(mut cfg: LinkConfig, seed: u64) -> Self {
+        cfg.eap.pseudonyms = false;
+        cfg.eap.fast_reauth = false;
+        cfg.max_batch_entries = cfg.max_batch_entries.clamp(1, MAX_ENTRIES);
+        let gw_dedup = Dedup::new(&cfg.transmission);
+        let dev_dedup = Dedup::new(&cfg.transmission);
+        Self {
+            cfg,
+            rng: StdRng::seed_from_u64(seed),
+            gateways: HashMap::new(),
+            devices: HashMap::new(),
+            by_imsi: HashMap::new(),
+            tickets: HashMap::new(),
+            next_ticket: 1,
+            held: HashMap::new(),
+            next_batch: 1,
+            gw_dedup,
+            dev_dedup,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// One UDP payload from `from` (a gateway's link address).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let msg = match Message::parse(bytes) {
+            Ok(m) if m.type_code_valid() => m,
+            _ => {
+                count(&mut self.stats.dropped, DropCause::Malformed);
+                return;
+            }
+        };
+        if msg.has_option(option_number::OSCORE) {
+            if msg.code.is_request() {
+                self.gw_protected_request(now, from, &msg);
+            } else {
+                self.gw_protected_response(now, from, &msg);
+            }
+        } else {
+            self.gw_plain(now, from, &msg);
+        }
+        self.flush(now);
+    }
+
+    /// The next UDP payload to send, with its destination.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next output event.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LinkStats {
+        self.stats.clone()
+    }
+
+    /// Is this gateway authenticated (link context established)?
+    pub fn is_gateway_authenticated(&self, gateway: SocketAddr) -> bool {
+        self.gateways
+            .get(&gateway)
+            .is_some_and(|g| g.session.keys.is_some())
+    }
+
+    /// Is this device authenticated (end-to-end context established)?
+    pub fn is_device_authenticated(&self, device: &Imsi) -> bool {
+        self.by_imsi
+            .get(device)
+            .and_then(|k| self.devices.get(k))
+            .is_some_and(|s| s.keys.is_some())
+    }
+
+    /// The earliest instant at which [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let gws = self
+            .gateways
+            .values()
+            .flat_map(|g| [g.session.auth.poll_timeout(), g.outbox.poll_timeout()]);
+        let devs = self
+            .devices
+            .values()
+            .flat_map(|s| [s.auth.poll_timeout(), s.downlink.outbox.poll_timeout()]);
+        let held = self.held.values().map(|h| Some(h.deadline));
+        gws.chain(devs)
+            .chain(held)
+            .chain([self.gw_dedup.poll_timeout(), self.dev_dedup.poll_timeout()])
+            .flatten()
+            .min()
+    }
+
+    /// Runs every timer due at `now`: CoAP-EAP retransmissions (relayed in a
+    /// network-initiated batch for devices), `POST /r` and downlink retransmissions, held
+    /// responses whose driver answers are late, deduplication expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut acc = Acc::default();
+        let addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        for addr in addrs {
+            let mut p = Pumped::default();
+            let mut resend = Vec::new();
+            if let Some(gw) = self.gateways.get_mut(&addr) {
+                gw.session.auth.handle_timeout(now);
+                gw.session.pump(now, &mut self.rng, &self.cfg, &mut p);
+                for r in gw.outbox.handle_timeout(now) {
+                    match r {
+                        Retransmission::Resend { bytes, .. } => resend.push(bytes),
+                        Retransmission::GaveUp { message_id } => {
+                            // The entries in it are lost; the device authenticators
+                            // retransmit end to end.
+                            gw.out_requests.remove(&message_id);
+                        }
+                    }
+                }
+            }
+            for b in resend {
+                self.transmits.push_back((addr, b));
+            }
+            self.route_gateway(addr, p, &mut acc);
+        }
+        let keys: Vec<DevKey> = self.devices.keys().copied().collect();
+        for key in keys {
+            let mut p = Pumped::default();
+            let mut relay = Vec::new();
+            let mut failed = 0;
+            let mut next = false;
+            if let Some(s) = self.devices.get_mut(&key) {
+                if s.auth.poll_timeout().is_some_and(|t| t <= now) {
+                    s.auth.handle_timeout(now);
+                    s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                }
+                for r in s.downlink.outbox.handle_timeout(now) {
+                    match r {
+                        Retransmission::Resend { bytes, .. } => relay.push(bytes),
+                        Retransmission::GaveUp { message_id } => {
+                            s.downlink.outstanding.remove(&message_id);
+                            failed += 1;
+                            next = true;
+                        }
+                    }
+                }
+            }
+            for b in relay {
+                self.push_entry(key, b);
+            }
+            if let Some(device) = self.device_imsi(key) {
+                for _ in 0..failed {
+                    self.events.push_back(LinkEvent::DownlinkFailed {
+                        device: device.clone(),
+                    });
+                }
+            }
+            if next {
+                self.next_downlink(now, key);
+            }
+            self.route_device(key, p, &mut acc);
+        }
+        self.emit_tickets(acc, None);
+        let due: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.finish_held(id);
+        }
+        self.gw_dedup.expire(now);
+        self.dev_dedup.expire(now);
+        self.flush(now);
+    }
+
+    /// Answer to [`LinkEvent::NeedVectors`] (one result per request, in order) or
+    /// [`LinkEvent::NeedResync`] (one result).
+    pub fn provide_vectors(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        vectors: Vec<Result<AuthVector, RejectReason>>,
+    ) -> Result<(), LinkError> {
+        let expected = match self.tickets.get(&ticket).map(|t| &t.kind) {
+            Some(TicketKind::Vectors(o)) => o.len(),
+            Some(TicketKind::Resync(_)) => 1,
+            _ => return Err(LinkError::UnknownTicket),
+        };
+        if vectors.len() != expected {
+            return Err(LinkError::WrongAnswerCount {
+                expected,
+                got: vectors.len(),
+            });
+        }
+        let Some(t) = self.tickets.remove(&ticket) else {
+            return Err(LinkError::UnknownTicket);
+        };
+        let owners = match t.kind {
+            TicketKind::Vectors(o) => o,
+            TicketKind::Resync(o) => vec![o],
+            TicketKind::Authorize(_) => return Err(LinkError::UnknownTicket),
+        };
+        let mut acc = Acc::default();
+        for (owner, v) in owners.into_iter().zip(vectors) {
+            let v = v.map(VectorInput::from);
+            match owner {
+                Owner::Gateway(addr, generation) => {
+                    let mut p = Pumped::default();
+                    if let Some(gw) = self.gateways.get_mut(&addr) {
+                        let s = &mut gw.session;
+                        if s.generation != generation {
+                            continue;
+                        }
+                        if let Some(w) = s.wait.as_mut() {
+                            w.vector = Some(v);
+                        }
+                        s.try_continue(&mut self.rng);
+                        s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                    }
+                    self.route_gateway(addr, p, &mut acc);
+                }
+                Owner::Device(key, generation) => {
+                    let mut p = Pumped::default();
+                    let mut denial = None;
+                    if let Some(s) = self.devices.get_mut(&key) {
+                        if s.generation != generation {
+                            continue;
+                        }
+                        if let Some(w) = s.wait.as_mut() {
+                            w.vector = Some(v);
+                        }
+                        denial = s.try_continue(&mut self.rng);
+                        s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                    }
+                    self.audit_denial(key, denial);
+                    self.route_device(key, p, &mut acc);
+                }
+            }
+        }
+        self.emit_tickets(acc, None);
+        self.ticket_done(t.batch);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Answer to [`LinkEvent::Authorize`]: one [`Authorization`] per pair, in order.
+    pub fn provide_authorization(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        answers: Vec<Authorization>,
+    ) -> Result<(), LinkError> {
+        let expected = match self.tickets.get(&ticket).map(|t| &t.kind) {
+            Some(TicketKind::Authorize(items)) => items.len(),
+            _ => return Err(LinkError::UnknownTicket),
+        };
+        if answers.len() != expected {
+            return Err(LinkError::WrongAnswerCount {
+                expected,
+                got: answers.len(),
+            });
+        }
+        let Some(Ticket {
+            batch,
+            kind: TicketKind::Authorize(items),
+        }) = self.tickets.remove(&ticket)
+        else {
+            return Err(LinkError::UnknownTicket);
+        };
+        let mut acc = Acc::default();
+        for (item, a) in items.into_iter().zip(answers) {
+            match item {
+                AuthzItem::Attach(key, generation) => {
+                    let mut p = Pumped::default();
+                    let mut denial = None;
+                    if let Some(s) = self.devices.get_mut(&key) {
+                        if s.generation != generation {
+                            continue;
+                        }
+                        if let Some(w) = s.wait.as_mut() {
+                            w.denial = Some(a.denial());
+                        }
+                        denial = s.try_continue(&mut self.rng);
+                        s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                    }
+                    self.audit_denial(key, denial);
+                    self.route_device(key, p, &mut acc);
+                }
+                AuthzItem::Uplink(u) => self.finish_uplink(now, *u, &a),
+            }
+        }
+        self.emit_tickets(acc, None);
+        self.ticket_done(batch);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Sends `payload` to an authenticated device: an OSCORE-protected CON `POST d`
+    /// relayed through its gateway (retransmitted until the device's protected 2.04).
+    pub fn queue_downlink(
+        &mut self,
+        now: Instant,
+        device: &Imsi,
+        payload: &[u8],
+    ) -> Result<(), LinkError> {
+        if payload.len() > MAX_DOWNLINK {
+            return Err(LinkError::TooLarge);
+        }
+        let key = *self
+            .by_imsi
+            .get(device)
+            .ok_or(LinkError::NotAuthenticated)?;
+        let s = self
+            .devices
+            .get_mut(&key)
+            .filter(|s| s.keys.is_some())
+            .ok_or(LinkError::NotAuthenticated)?;
+        if let Some(bytes) = s.send_downlink(now, &mut self.rng, payload.to_vec())? {
+            self.push_entry(key, bytes);
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Every device key this endpoint holds: MSK, EMSK, OSCORE Master Secret and Salt,
+    /// Sender/Recipient Key and Common IV of each device context. For the R3 test only
+    /// (it proves the gateway never sees any of them). Gateways' own keys are not included.
+    pub fn dangerous_export_secrets(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for s in self.devices.values() {
+            for k in [&s.keys, &s.new_keys].into_iter().flatten() {
+                k.export(&mut out);
+            }
+        }
+        out
+    }
+
+    // ---- gateway link ----
+
+    fn gw_plain(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
+        if is_trigger(msg) {
+            if !self.gateways.contains_key(&from) {
+                if self.gateways.len() >= self.cfg.max_gateways {
+                    count(&mut self.stats.dropped, DropCause::Limit);
+                    return;
+                }
+                let session = Session::new(&self.cfg, &mut self.rng);
+                let mid: u16 = self.rng.gen();
+                let gw = Gateway {
+                    session,
+                    mids: MessageIdAllocator::new(mid),
+                    tokens: TokenAllocator::new(8, self.rng.gen()),
+                    outbox: Outbox::new(self.cfg.transmission),
+                    out_requests: HashMap::new(),
+                    pending: Vec::new(),
+                    held: 0,
+                };
+                self.gateways.insert(from, gw);
+            }
+            self.feed_gateway(now, from, msg);
+            return;
+        }
+        if msg.code.is_request() {
+            // §3: unprotected requests other than the CoAP-EAP trigger are answered 4.01.
+            count(&mut self.stats.dropped, DropCause::NoContext);
+            let mid = self.rng.gen();
+            if let Ok(b) = Message::response_to(msg, Code::UNAUTHORIZED, mid).encode() {
+                self.transmits.push_back((from, b));
+            }
+            return;
+        }
+        let Some(gw) = self.gateways.get_mut(&from) else {
+            count(&mut self.stats.dropped, DropCause::Unexpected);
+            return;
+        };
+        let mid = msg.message_id;
+        if matches!(msg.ty, MessageType::Ack | MessageType::Rst)
+            && gw.out_requests.contains_key(&mid)
+        {
+            gw.outbox.cancel(mid);
+            if !(msg.ty == MessageType::Ack && msg.code.is_empty()) {
+                // RST or an unprotected error: the exchange is over.
+                gw.out_requests.remove(&mid);
+                count(&mut self.stats.dropped, DropCause::Unexpected);
+            }
+            return;
+        }
+        self.feed_gateway(now, from, msg);
+    }
+
+    fn feed_gateway(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
+        let mut p = Pumped::default();
+        if let Some(gw) = self.gateways.get_mut(&from) {
+            gw.session.auth.handle_message(now, msg);
+            gw.session.pump(now, &mut self.rng, &self.cfg, &mut p);
+        }
+        let mut acc = Acc::default();
+        self.route_gateway(from, p, &mut acc);
+        self.emit_tickets(acc, None);
+    }
+
+    fn gw_protected_request(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
+        let mid = msg.message_id;
+        let res = match self
+            .gateways
+            .get_mut(&from)
+            .and_then(|g| g.session.keys.as_mut())
+        {
+            Some(k) => k.ctx.unprotect_request(msg),
+            None => Err(OscoreError::UnknownKid),
+        };
+        match res {
+            Ok((inner, binding)) => match self.gw_dedup.check_typed(now, &from, mid, msg.ty) {
+                DedupResult::New => self.gw_request(now, from, msg, &inner, binding),
+                DedupResult::Duplicate(cached) => self.gw_duplicate(from, cached),
+            },
+            Err(OscoreError::Replay) => match self.gw_dedup.check_typed(now, &from, mid, msg.ty) {
+                // A retransmission of a request already processed (RFC 7252 §4.5).
+                DedupResult::Duplicate(cached) => self.gw_duplicate(from, cached),
+                DedupResult::New => {
+                    count(&mut self.stats.dropped, DropCause::Replay);
+                    self.gw_oscore_error(from, msg, &OscoreError::Replay);
+                }
+            },
+            Err(e) => {
+                let cause = if e == OscoreError::UnknownKid {
+                    DropCause::NoContext
+                } else {
+                    DropCause::OscoreInvalid
+                };
+                count(&mut self.stats.dropped, cause);
+                self.gw_oscore_error(from, msg, &e);
+            }
+        }
+    }
+
+    /// RFC 8613 §8.2: an unprotected error response (never cached).
+    fn gw_oscore_error(&mut self, from: SocketAddr, msg: &Message, e: &OscoreError) {
+        let mid = self.rng.gen();
+        if let Some(b) = e.error_response(msg, mid).and_then(|r| r.encode().ok()) {
+            self.transmits.push_back((from, b));
+        }
+    }
+
+    fn gw_duplicate(&mut self, from: SocketAddr, cached: Option<Vec<u8>>) {
+        self.stats.duplicates += 1;
+        if let Some(b) = cached {
+            self.transmits.push_back((from, b));
+        }
+    }
+
+    fn gw_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        outer: &Message,
+        inner: &Message,
+        binding: RequestBinding,
+    ) {
+        let respond = RespondTo {
+            request: outer.clone(),
+            binding,
+        };
+        if inner.code != Code::POST || inner.uri_path() != ["r"] {
+            self.gw_respond(from, respond, Code::NOT_FOUND, Vec::new());
+            return;
+        }
+        match DecodedBatch::decode(&inner.payload) {
+            Ok(d) => self.process_batch(now, from, d, Some(respond)),
+            Err(e) => {
+                count(&mut self.stats.dropped, DropCause::BadBatch);
+                let diag = e.diagnostic().unwrap_or_default().as_bytes().to_vec();
+                self.gw_respond(from, respond, e.to_coap_code(), diag);
+            }
+        }
+    }
+
+    /// Protects a response to a gateway request, caches it for duplicates and sends it.
+    fn gw_respond(&mut self, from: SocketAddr, r: RespondTo, code: Code, payload: Vec<u8>) {
+        let Some(gw) = self.gateways.get_mut(&from) else {
+            return;
+        };
+        let mut resp = Message::response_to(&r.request, code, gw.mids.next_id());
+        resp.payload = payload;
+        let Some(keys) = gw.session.keys.as_mut() else {
+            return;
+        };
+        let Ok(bytes) = keys
+            .ctx
+            .protect_response(&resp, &r.binding, false)
+            .and_then(|m| Ok(m.encode()?))
+        else {
+            return;
+        };
+        self.gw_dedup
+            .record_response(&from, r.request.message_id, bytes.clone());
+        self.transmits.push_back((from, bytes));
+    }
+
+    fn gw_protected_response(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
+        let Some(gw) = self.gateways.get_mut(&from) else {
+            count(&mut self.stats.dropped, DropCause::Unexpected);
+            return;
+        };
+        let mid = msg.message_id;
+        // The key confirmation of the gateway's own CoAP-EAP (RFC 9820 §3.3).
+        if msg.ty == MessageType::Ack {
+            if let Some((_, binding)) = gw.session.protected_out.get(&mid) {
+                let mut binding = binding.clone();
+                let s = &mut gw.session;
+                let res = match s.new_keys.as_mut() {
+                    Some(k) => k.ctx.unprotect_response(msg, &mut binding),
+                    None => Err(OscoreError::UnknownKid),
+                };
+                match res {
+                    Ok(inner) => {
+                        let mut p = Pumped::default();
+                        s.auth.handle_oscore_message(now, &inner);
+                        s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                        let mut acc = Acc::default();
+                        self.route_gateway(from, p, &mut acc);
+                        self.emit_tickets(acc, None);
+                    }
+                    Err(_) => count(&mut self.stats.dropped, DropCause::OscoreInvalid),
+                }
+                return;
+            }
+        }
+        // The answer to a network-initiated POST /r (piggybacked or separate).
+        let found = match msg.ty {
+            MessageType::Ack => gw.out_requests.get(&mid).map(|(_, b)| (mid, b.clone())),
+            _ => gw
+                .out_requests
+                .iter()
+                .find(|(_, (t, _))| *t == msg.token)
+                .map(|(m, (_, b))| (*m, b.clone())),
+        };
+        let Some((req_mid, mut binding)) = found else {
+            count(&mut self.stats.dropped, DropCause::Unexpected);
+            return;
+        };
+        let res = match gw.session.keys.as_mut() {
+            Some(k) => k.ctx.unprotect_response(msg, &mut binding),
+            None => Err(OscoreError::UnknownKid),
+        };
+        let inner = match res {
+            Ok(i) => i,
+            Err(_) => {
+                count(&mut self.stats.dropped, DropCause::OscoreInvalid);
+                return;
+            }
+        };
+        gw.outbox.cancel(req_mid);
+        gw.out_requests.remove(&req_mid);
+        self.stats.round_trips += 1;
+        if msg.ty == MessageType::Con {
+            if let Ok(b) = Message::empty_ack(mid).encode() {
+                self.transmits.push_back((from, b));
+            }
+        }
+        if !inner.code.is_success() {
+            count(&mut self.stats.dropped, DropCause::Unexpected);
+            return;
+        }
+        if inner.payload.is_empty() {
+            return;
+        }
+        match DecodedBatch::decode(&inner.payload) {
+            Ok(d) => self.process_batch(now, from, d, None),
+            Err(_) => count(&mut self.stats.dropped, DropCause::BadBatch),
+        }
+    }
+
+    /// §4: every entry of a batch from `from`; store needs become one ticket of each kind;
+    /// the response (if `respond`) leaves once they are answered.
+    fn process_batch(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        d: DecodedBatch,
+        respond: Option<RespondTo>,
+    ) {
+        self.stats.batches_in += 1;
+        self.stats.entries_in += (d.entries.len() + d.bad_entries.len()) as u64;
+        let refusals: Vec<Entry> = d.refusals().collect();
+        for _ in &d.bad_entries {
+            count(&mut self.stats.dropped, DropCause::BadEntry);
+        }
+        if let Some(gw) = self.gateways.get_mut(&from) {
+            gw.pending.extend(refusals);
+        }
+        let mut acc = Acc::default();
+        for e in d.entries {
+            let key = (from, e.handle);
+            match e.kind {
+                EntryKind::Coap(bytes) => self.device_datagram(now, key, &bytes, &mut acc),
+                EntryKind::Gone => self.remove_device(key),
+                EntryKind::Identity { .. } => {
+                    // TODO(§5, local_identity): not implemented in this version.
+                    count(&mut self.stats.dropped, DropCause::Unexpected);
+                    if let Some(gw) = self.gateways.get_mut(&from) {
+                        gw.pending.push(Entry::refusal(e.handle));
+                    }
+                }
+                // Outcomes only flow network → gateway; unknown kinds are skipped (§4).
+                _ => {}
+            }
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let n = self.emit_tickets(acc, Some(batch));
+        if n == 0 {
+            if let Some(r) = respond {
+                self.respond_batch(from, r);
+            }
+            return;
+        }
+        if let Some(gw) = self.gateways.get_mut(&from) {
+            gw.held += 1;
+        }
+        self.held.insert(
+            batch,
+            Held {
+                gateway: from,
+                respond,
+                outstanding: n,
+                deadline: now.checked_add(self.cfg.response_hold).unwrap_or(now),
+            },
+        );
+    }
+
+    fn ticket_done(&mut self, batch: Option<u64>) {
+        let Some(id) = batch else { return };
+        let done = match self.held.get_mut(&id) {
+            Some(h) => {
+                h.outstanding = h.outstanding.saturating_sub(1);
+                h.outstanding == 0
+            }
+            None => false,
+        };
+        if done {
+            self.finish_held(id);
+        }
+    }
+
+    fn finish_held(&mut self, id: u64) {
+        let Some(h) = self.held.remove(&id) else {
+            return;
+        };
+        if let Some(gw) = self.gateways.get_mut(&h.gateway) {
+            gw.held = gw.held.saturating_sub(1);
+        }
+        if let Some(r) = h.respond {
+            self.respond_batch(h.gateway, r);
+        }
+    }
+
+    /// Entries that fit one batch sent by the network.
+    fn take_entries(pending: &mut Vec<Entry>, max: usize) -> Vec<Entry> {
+        let mut len = Batch::new(Vec::new()).encoded_len() + 8;
+        let mut n = 0;
+        for e in pending.iter() {
+            let l = e.encoded_len();
+            if n >= max || len + l > MAX_SEND_BATCH {
+                break;
+            }
+            len += l;
+            n += 1;
+        }
+        pending.drain(..n).collect()
+    }
+
+    /// ONE 2.04 with the device-bound entries ready now (§4).
+    fn respond_batch(&mut self, from: SocketAddr, r: RespondTo) {
+        let Some(gw) = self.gateways.get_mut(&from) else {
+            return;
+        };
+        let entries = Self::take_entries(&mut gw.pending, self.cfg.max_batch_entries);
+        let n = entries.len() as u64;
+        let Ok(payload) = Batch::new(entries).encode() else {
+            return;
+        };
+        self.stats.batches_out += 1;
+        self.stats.entries_out += n;
+        self.stats.round_trips += 1;
+        self.gw_respond(from, r, Code::CHANGED, payload);
+    }
+
+    /// Sends network-initiated `POST /r` batches where entries wait, no response is held and
+    /// no earlier request is outstanding (NSTART 1, RFC 7252 §4.7).
+    fn flush(&mut self, now: Instant) {
+        let max = self.cfg.max_batch_entries;
+        for (addr, gw) in self.gateways.iter_mut() {
+            if gw.pending.is_empty() || gw.held > 0 || !gw.outbox.can_send() {
+                continue;
+            }
+            let Some(keys) = gw.session.keys.as_mut() else {
+                continue;
+            };
+            let entries = Self::take_entries(&mut gw.pending, max);
+            let n = entries.len() as u64;
+            let Ok(payload) = Batch::new(entries).encode() else {
+                continue;
+            };
+            let mid = gw.mids.next_id();
+            let token = gw.tokens.next_token();
+            let mut m = Message::new(MessageType::Con, Code::POST, mid, token.clone());
+            m.set_uri_path("r");
+            m.payload = payload;
+            let Ok((prot, binding)) = keys.ctx.protect_request(&m) else {
+                continue;
+            };
+            let Ok(bytes) = prot.encode() else {
+                continue;
+            };
+            gw.outbox
+                .send_con(now, bytes.clone(), mid, self.rng.gen::<f64>());
+            gw.out_requests.insert(mid, (token, binding));
+            self.stats.batches_out += 1;
+            self.stats.entries_out += n;
+            self.transmits.push_back((*addr, bytes));
+        }
+    }
+
+    // ---- devices ----
+
+    fn device_datagram(&mut self, now: Instant, key: DevKey, bytes: &[u8], acc: &mut Acc) {
+        let msg = match Message::parse(bytes) {
+            Ok(m) if m.type_code_valid() => m,
+            _ => {
+                count(&mut self.stats.dropped, DropCause::Malformed);
+                return;
+            }
+        };
+        if msg.has_option(option_number::OSCORE) {
+            if msg.code.is_request() {
+                self.device_protected_request(now, key, &msg, acc);
+            } else {
+                self.device_protected_response(now, key, &msg, acc);
+            }
+            return;
+        }
+        if !self.devices.contains_key(&key) {
+            if !is_trigger(&msg) {
+                count(&mut self.stats.dropped, DropCause::Unexpected);
+                return;
+            }
+            if self.devices.len() >= self.cfg.max_devices {
+                count(&mut self.stats.dropped, DropCause::Limit);
+                if let Some(gw) = self.gateways.get_mut(&key.0) {
+                    gw.pending.push(Entry::refusal(key.1));
+                }
+                return;
+            }
+            let s = Session::new(&self.cfg, &mut self.rng);
+            self.devices.insert(key, s);
+        }
+        let mut p = Pumped::default();
+        if let Some(s) = self.devices.get_mut(&key) {
+            // An Empty ACK / RST for a downlink request.
+            if matches!(msg.ty, MessageType::Ack | MessageType::Rst)
+                && msg.code.is_empty()
+                && s.downlink.outstanding.contains_key(&msg.message_id)
+            {
+                s.downlink.outbox.cancel(msg.message_id);
+                if msg.ty == MessageType::Rst {
+                    s.downlink.outstanding.remove(&msg.message_id);
+                }
+                return;
+            }
+            s.auth.handle_message(now, &msg);
+            s.pump(now, &mut self.rng, &self.cfg, &mut p);
+        }
+        self.route_device(key, p, acc);
+    }
+
+    fn device_protected_request(
+        &mut self,
+        now: Instant,
+        key: DevKey,
+        msg: &Message,
+        acc: &mut Acc,
+    ) {
+        let mid = msg.message_id;
+        let res = match self.devices.get_mut(&key).and_then(|s| s.keys.as_mut()) {
+            Some(k) => k.ctx.unprotect_request(msg),
+            None => Err(OscoreError::UnknownKid),
+        };
+        let (inner, binding) = match res {
+            Ok(x) => x,
+            Err(OscoreError::Replay) => {
+                match self.dev_dedup.check_typed(now, &key, mid, msg.ty) {
+                    DedupResult::Duplicate(cached) => self.dev_duplicate(key, cached),
+                    DedupResult::New => count(&mut self.stats.dropped, DropCause::Replay),
+                }
+                return;
+            }
+            Err(OscoreError::UnknownKid) => {
+                count(&mut self.stats.dropped, DropCause::NoContext);
+                return;
+            }
+            Err(_) => {
+                count(&mut self.stats.dropped, DropCause::OscoreInvalid);
+                return;
+            }
+        };
+        if let DedupResult::Duplicate(cached) = self.dev_dedup.check_typed(now, &key, mid, msg.ty) {
+            self.dev_duplicate(key, cached);
+            return;
+        }
+        let gw_imsi = self.gateway_imsi(key.0);
+        let Some(s) = self.devices.get(&key) else {
+            return;
+        };
+        match (
+            inner.code == Code::POST && inner.uri_path() == ["u"],
+            &s.keys_imsi,
+            gw_imsi,
+        ) {
+            (true, Some(device), Some(gw)) => {
+                // §6: checked with the batch's one Authorize event before delivery.
+                let u = PendingUplink {
+                    key,
+                    generation: s.generation,
+                    device: device.clone(),
+                    request: inner,
+                    binding,
+                };
+                acc.authz
+                    .push(((device.clone(), gw), AuthzItem::Uplink(Box::new(u))));
+            }
+            _ => self.device_respond(key, &inner, &binding, Code::NOT_FOUND),
+        }
+    }
+
+    fn dev_duplicate(&mut self, key: DevKey, cached: Option<Vec<u8>>) {
+        self.stats.duplicates += 1;
+        if let Some(b) = cached {
+            self.push_entry(key, b);
+        }
+    }
+
+    /// Protects the response to a device request, caches it and relays it.
+    fn device_respond(&mut self, key: DevKey, req: &Message, binding: &RequestBinding, code: Code) {
+        let Some(s) = self.devices.get_mut(&key) else {
+            return;
+        };
+        let resp = Message::response_to(req, code, s.downlink.mids.next_id());
+        let Some(keys) = s.keys.as_mut() else {
+            return;
+        };
+        let Ok(bytes) = keys
+            .ctx
+            .protect_response(&resp, binding, false)
+            .and_then(|m| Ok(m.encode()?))
+        else {
+            return;
+        };
+        self.dev_dedup
+            .record_response(&key, req.message_id, bytes.clone());
+        self.push_entry(key, bytes);
+    }
+
+    fn finish_uplink(&mut self, now: Instant, u: PendingUplink, a: &Authorization) {
+        let current = self
+            .devices
+            .get(&u.key)
+            .is_some_and(|s| s.generation == u.generation && s.keys.is_some());
+        if !current {
+            return;
+        }
+        match a.denial() {
+            None => {
+                self.events.push_back(LinkEvent::Uplink {
+                    device: u.device,
+                    payload: u.request.payload.clone(),
+                });
+                self.device_respond(u.key, &u.request, &u.binding, Code::CHANGED);
+            }
+            Some(d) => {
+                // §6: barring or unbinding takes effect at the next message.
+                self.device_respond(u.key, &u.request, &u.binding, Code::FORBIDDEN);
+                self.audit_denial(u.key, Some(d));
+                count(&mut self.stats.failures, FailureCause::Refused(d.into()));
+                self.push_outcome(u.key, OutcomeResult::REFUSED, None);
+                self.remove_device(u.key);
+            }
+        }
+        let _ = now;
+    }
+
+    fn device_protected_response(
+        &mut self,
+        now: Instant,
+        key: DevKey,
+        msg: &Message,
+        acc: &mut Acc,
+    ) {
+        let Some(s) = self.devices.get_mut(&key) else {
+            count(&mut self.stats.dropped, DropCause::NoContext);
+            return;
+        };
+        let mid = msg.message_id;
+        if msg.ty != MessageType::Ack {
+            count(&mut self.stats.dropped, DropCause::Unexpected);
+            return;
+        }
+        if let Some((_, binding)) = s.protected_out.get(&mid) {
+            // Key confirmation of the device's CoAP-EAP (RFC 9820 §3.3).
+            let mut binding = binding.clone();
+            let res = match s.new_keys.as_mut() {
+                Some(k) => k.ctx.unprotect_response(msg, &mut binding),
+                None => Err(OscoreError::UnknownKid),
+            };
+            match res {
+                Ok(inner) => {
+                    let mut p = Pumped::default();
+                    s.auth.handle_oscore_message(now, &inner);
+                    s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                    self.route_device(key, p, acc);
+                }
+                Err(_) => count(&mut self.stats.dropped, DropCause::OscoreInvalid),
+            }
+            return;
+        }
+        if let Some((_, binding)) = s.downlink.outstanding.get(&mid) {
+            let mut binding = binding.clone();
+            let res = match s.keys.as_mut() {
+                Some(k) => k.ctx.unprotect_response(msg, &mut binding),
+                None => Err(OscoreError::UnknownKid),
+            };
+            match res {
+                Ok(_) => {
+                    s.downlink.outbox.cancel(mid);
+                    s.downlink.outstanding.remove(&mid);
+                    if let Some(device) = s.keys_imsi.clone() {
+                        self.events
+                            .push_back(LinkEvent::DownlinkDelivered { device });
+                    }
+                    self.next_downlink(now, key);
+                }
+                Err(_) => count(&mut self.stats.dropped, DropCause::OscoreInvalid),
+            }
+            return;
+        }
+        count(&mut self.stats.dropped, DropCause::Unexpected);
+    }
+
+    fn next_downlink(&mut self, now: Instant, key: DevKey) {
+        let Some(s) = self.devices.get_mut(&key) else {
+            return;
+        };
+        if !s.downlink.outbox.can_send() {
+            return;
+        }
+        let Some(payload) = s.downlink.queue.pop_front() else {
+            return;
+        };
+        if let Ok(Some(bytes)) = s.send_downlink(now, &mut self.rng, payload) {
+            self.push_entry(key, bytes);
+        }
+    }
+
+    // ---- routing of session output ----
+
+    fn push_entry(&mut self, key: DevKey, bytes: Vec<u8>) {
+        if bytes.len() > MAX_COAP_BODY {
+            count(&mut self.stats.dropped, DropCause::Limit);
+            return;
+        }
+        if let Some(gw) = self.gateways.get_mut(&key.0) {
+            gw.pending.push(Entry::coap(key.1, bytes));
+        }
+    }
+
+    fn push_outcome(&mut self, key: DevKey, result: OutcomeResult, lifetime: Option<u32>) {
+        if let Some(gw) = self.gateways.get_mut(&key.0) {
+            gw.pending.push(Entry {
+                handle: key.1,
+                kind: EntryKind::Outcome {
+                    result,
+                    session_lifetime: lifetime,
+                },
+            });
+        }
+    }
+
+    fn gateway_imsi(&self, addr: SocketAddr) -> Option<Imsi> {
+        self.gateways
+            .get(&addr)
+            .and_then(|g| g.session.keys_imsi.clone())
+    }
+
+    fn device_imsi(&self, key: DevKey) -> Option<Imsi> {
+        self.devices
+            .get(&key)
+            .and_then(|s| s.keys_imsi.clone().or_else(|| s.imsi.clone()))
+    }
+
+    fn audit_denial(&mut self, key: DevKey, denial: Option<AuditEvent>) {
+        let Some(event) = denial else { return };
+        let Some(subject) = self.devices.get(&key).and_then(|s| s.imsi.clone()) else {
+            return;
+        };
+        self.events.push_back(LinkEvent::Audit(LinkAudit {
+            event,
+            subject,
+            gateway: self.gateway_imsi(key.0),
+            detail: format!("refused: {event}"),
+        }));
+    }
+
+    fn remove_device(&mut self, key: DevKey) {
+        if let Some(s) = self.devices.remove(&key) {
+            if let Some(imsi) = s.keys_imsi {
+                if self.by_imsi.get(&imsi) == Some(&key) {
+                    self.by_imsi.remove(&imsi);
+                }
+            }
+        }
+    }
+
+    fn route_gateway(&mut self, addr: SocketAddr, p: Pumped, acc: &mut Acc) {
+        for b in p.out {
+            self.transmits.push_back((addr, b));
+        }
+        let Some(gw) = self.gateways.get(&addr) else {
+            return;
+        };
+        let generation = gw.session.generation;
+        let imsi = gw.session.imsi.clone();
+        for need in p.needs {
+            let owner = Owner::Gateway(addr, generation);
+            match need {
+                Need::Vector(i) => acc.vectors.push((i, SubscriberKind::Gateway, owner)),
+                Need::Resync(i, rand, auts) => acc.resyncs.push((owner, i, rand, auts)),
+            }
+        }
+        for f in p.finished {
+            match f {
+                Finish::Authenticated(_) => {
+                    self.stats.authenticated += 1;
+                    if let Some(imsi) = imsi.clone() {
+                        self.events.push_back(LinkEvent::Authenticated {
+                            imsi,
+                            kind: SubscriberKind::Gateway,
+                            via: None,
+                        });
+                    }
+                }
+                Finish::Failed(reason) => {
+                    count(&mut self.stats.failures, reason);
+                    self.events.push_back(LinkEvent::Failed {
+                        imsi: imsi.clone(),
+                        kind: SubscriberKind::Gateway,
+                        reason,
+                    });
+                }
+                Finish::Expired => {}
+            }
+        }
+    }
+
+    fn route_device(&mut self, key: DevKey, p: Pumped, acc: &mut Acc) {
+        for b in p.out {
+            self.push_entry(key, b);
+        }
+        let gw_imsi = self.gateway_imsi(key.0);
+        let mut remove = false;
+        for need in p.needs {
+            let Some(s) = self.devices.get_mut(&key) else {
+                break;
+            };
+            let owner = Owner::Device(key, s.generation);
+            match need {
+                Need::Vector(imsi) => {
+                    acc.vectors
+                        .push((imsi.clone(), SubscriberKind::Device, owner));
+                    if let Some(w) = s.wait.as_mut() {
+                        w.need_authz = true;
+                        match &gw_imsi {
+                            Some(g) => acc
+                                .authz
+                                .push(((imsi, g.clone()), AuthzItem::Attach(key, s.generation))),
+                            None => w.denial = Some(Some(AuditEvent::UnknownGateway)),
+                        }
+                    }
+                }
+                Need::Resync(imsi, rand, auts) => acc.resyncs.push((owner, imsi, rand, auts)),
+            }
+        }
+        for f in p.finished {
+            let Some(s) = self.devices.get(&key) else {
+                break;
+            };
+            match f {
+                Finish::Authenticated(lifetime) => {
+                    let Some(imsi) = s.keys_imsi.clone() else {
+                        continue;
+                    };
+                    self.stats.authenticated += 1;
+                    if let Some(old) = self.by_imsi.insert(imsi.clone(), key) {
+                        if old != key {
+                            self.devices.remove(&old);
+                        }
+                    }
+                    let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+                    self.push_outcome(key, OutcomeResult::Authenticated, Some(secs));
+                    self.events.push_back(LinkEvent::Authenticated {
+                        imsi: imsi.clone(),
+                        kind: SubscriberKind::Device,
+                        via: gw_imsi.clone(),
+                    });
+                    self.events.push_back(LinkEvent::Audit(LinkAudit {
+                        event: AuditEvent::AuthSucceeded,
+                        subject: imsi,
+                        gateway: gw_imsi.clone(),
+                        detail: "authenticated".into(),
+                    }));
+                }
+                Finish::Failed(reason) => {
+                    let imsi = s.imsi.clone();
+                    count(&mut self.stats.failures, reason);
+                    self.push_outcome(key, OutcomeResult::REFUSED, None);
+                    if let (Some(subject), false) =
+                        (imsi.clone(), matches!(reason, FailureCause::Refused(_)))
+                    {
+                        self.events.push_back(LinkEvent::Audit(LinkAudit {
+                            event: AuditEvent::AuthFailed,
+                            subject,
+                            gateway: gw_imsi.clone(),
+                            detail: format!("{reason:?}"),
+                        }));
+                    }
+                    self.events.push_back(LinkEvent::Failed {
+                        imsi,
+                        kind: SubscriberKind::Device,
+                        reason,
+                    });
+                    remove = true;
+                }
+                Finish::Expired => {
+                    if let Some(imsi) = s.keys_imsi.clone() {
+                        if self.by_imsi.get(&imsi) == Some(&key) {
+                            self.by_imsi.remove(&imsi);
+                        }
+                    }
+                }
+            }
+        }
+        if remove {
+            // A device that still holds an earlier confirmed session keeps it.
+            if self.devices.get(&key).is_some_and(|s| s.keys.is_none()) {
+                self.remove_device(key);
+            }
+        }
+    }
+
+    /// Turns the collected needs into ONE NeedVectors, ONE Authorize and one NeedResync
+    /// per resynchronisation; returns how many tickets were issued.
+    fn emit_tickets(&mut self, acc: Acc, batch: Option<u64>) -> usize {
+        let mut n = 0;
+        if !acc.vectors.is_empty() {
+            let ticket = self.ticket();
+            let (requests, owners) = acc.vectors.into_iter().map(|(i, k, o)| ((i, k), o)).unzip();
+            self.tickets.insert(
+                ticket,
+                Ticket {
+                    batch,
+                    kind: TicketKind::Vectors(owners),
+                },
+            );
+            self.events
+                .push_back(LinkEvent::NeedVectors { ticket, requests });
+            n += 1;
+        }
+        if !acc.authz.is_empty() {
+            let ticket = self.ticket();
+            let (pairs, items) = acc.authz.into_iter().unzip();
+            self.tickets.insert(
+                ticket,
+                Ticket {
+                    batch,
+                    kind: TicketKind::Authorize(items),
+                },
+            );
+            self.events
+                .push_back(LinkEvent::Authorize { ticket, pairs });
+            n += 1;
+        }
+        for (owner, imsi, rand, auts) in acc.resyncs {
+            let ticket = self.ticket();
+            self.tickets.insert(
+                ticket,
+                Ticket {
+                    batch,
+                    kind: TicketKind::Resync(owner),
+                },
+            );
+            self.events.push_back(LinkEvent::NeedResync {
+                ticket,
+                imsi,
+                rand,
+                auts,
+            });
+            n += 1;
+        }
+        self.stats.store_round_trips += n as u64;
+        n
+    }
+
+    fn ticket(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        t
+    }
+}

@@ -1,0 +1,311 @@
+//! The network end of the gateway link (docs/PROTOCOL.md), sans-IO.
+//!
+//! [`LinkEndpoint`] is `capillary core`'s side of the protocol between gateways and the
+//! network: no socket, no clock (every call takes `now`), no OS RNG (a `u64` seed), no store.
+//! Datagrams go in through [`LinkEndpoint::handle_datagram`] and out through
+//! [`LinkEndpoint::poll_transmit`]; the subscriber store is asked through [`LinkEvent`]s and
+//! answered with [`LinkEndpoint::provide_vectors`] / [`LinkEndpoint::provide_authorization`].
+//!
+//! What it does:
+//! - **Gateways** authenticate directly with CoAP-EAP (RFC 9820) carrying EAP-AKA'
+//!   (RFC 9048), unprotected until the OSCORE context of the link exists (PROTOCOL.md §3);
+//!   their vectors are asked for with [`capillary_store::SubscriberKind::Gateway`].
+//! - **Batches** (§4): OSCORE-protected (RFC 8613) `POST /r` from an authenticated gateway.
+//!   Every `kind 0` entry goes to the device session of `(gateway, handle)`: one
+//!   [`capillary_coap_eap::CoapEapAuthenticator`] and one [`capillary_eap::EapAkaServer`] per
+//!   device. The store needs of one batch become ONE [`LinkEvent::NeedVectors`] (kind
+//!   `Device`) and ONE [`LinkEvent::Authorize`] (all `(device, gateway)` pairs, §6); the
+//!   sessions continue only once the driver answered, and the request is then answered with
+//!   ONE `2.04` carrying a batch of the device-bound entries (plus `kind 1` outcomes, no keys).
+//! - Device-bound messages produced later (the per-device authenticators' retransmissions,
+//!   downlink, answers that arrive after the response) leave in a network-initiated
+//!   OSCORE-protected CON `POST /r`, retransmitted with [`capillary_coap::reliability::Outbox`];
+//!   incoming requests are deduplicated with [`capillary_coap::reliability::Dedup`] and
+//!   duplicates get the cached response, never a second processing.
+//! - **Devices** after authentication: an OSCORE context from their MSK (RFC 9820 §6.2);
+//!   protected `POST u` uplinks become [`LinkEvent::Uplink`] and get a protected `2.04`;
+//!   [`LinkEndpoint::queue_downlink`] sends a protected CON `POST d` through the gateway.
+//! - Replayed or tampered messages on either OSCORE layer are dropped and counted
+//!   ([`LinkStats::dropped`]); no input bytes can make it panic.
+//!
+//! Deliberately not done in this version (see the contract's "Scope"):
+//! - `kind 3` identity entries (§5, the gateway answering EAP-Request/Identity locally): they
+//!   are refused with `kind 1, result 1`. TODO together with the gateway's `local_identity`.
+//! - Pseudonyms and fast re-authentication: [`LinkEndpoint::new`] turns both off in the EAP
+//!   server configuration, because the endpoint has no event yet to persist the identities
+//!   they hand out (an identity must be durable before the message that carries it leaves).
+//! - The Sender Sequence Numbers of the contexts are volatile (RFC 8613 Appendix B.2: every
+//!   context is derived afresh from a new MSK).
+//! - Authorization is checked for every attach (with the vector request) and for every
+//!   uplink batch; the intermediate EAP round trips of an attach are not re-checked.
+
+mod endpoint;
+mod session;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use capillary_coap::reliability::TransmissionParams;
+use capillary_coap_eap::CipherSuite;
+use capillary_eap::server::ServerConfig;
+use capillary_secrets::{Auts, Imsi, Rand};
+use capillary_store::{AuditEvent, SubscriberKind};
+
+pub use endpoint::LinkEndpoint;
+
+/// Configuration of the [`LinkEndpoint`].
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// EAP-AKA' server settings (network name, result indication). `pseudonyms` and
+    /// `fast_reauth` are forced off (see the module docs).
+    pub eap: ServerConfig,
+    /// Session-Lifetime sent with EAP-Success to devices and gateways (RFC 9820 §5.1), also
+    /// reported in `kind 1` outcome entries.
+    pub session_lifetime_secs: u32,
+    /// Most entries the network puts in one batch it sends (capped at 1,024, §4).
+    pub max_batch_entries: usize,
+    /// RID-C: the network's OSCORE Recipient ID offered to every peer (RFC 9820 §5.1); a
+    /// peer choosing the same RID-I fails with an ID collision.
+    pub rid_c: Vec<u8>,
+    /// Cipher suites offered (RFC 9820 §6.1). Only suite 0 (AES-CCM-16-64-128, SHA-256) has
+    /// an OSCORE implementation here.
+    pub cipher_suites: Vec<CipherSuite>,
+    /// Timers of the network-initiated `POST /r` (RFC 7252 §4.8) and of downlink requests.
+    pub transmission: TransmissionParams,
+    /// Longest time a `POST /r` waits for the driver's answers before its `2.04` is sent
+    /// with what is ready (the rest follows in a network-initiated batch). Keep it below the
+    /// gateway's ACK_TIMEOUT.
+    pub response_hold: Duration,
+    /// Most gateways tracked at once (new triggers beyond are ignored).
+    pub max_gateways: usize,
+    /// Most device sessions tracked at once (new triggers beyond are refused).
+    pub max_devices: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            eap: ServerConfig {
+                pseudonyms: false,
+                fast_reauth: false,
+                ..ServerConfig::default()
+            },
+            session_lifetime_secs: 24 * 3600,
+            max_batch_entries: capillary_relay::batch::MAX_ENTRIES,
+            rid_c: Vec::new(),
+            cipher_suites: vec![CipherSuite::DEFAULT],
+            transmission: TransmissionParams::default(),
+            response_hold: Duration::from_secs(1),
+            max_gateways: 1024,
+            max_devices: 100_000,
+        }
+    }
+}
+
+/// An audit record for the driver to store (docs/PROTOCOL.md §6); the driver adds the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkAudit {
+    /// What happened.
+    pub event: AuditEvent,
+    /// The subscriber concerned (the device).
+    pub subject: Imsi,
+    /// The gateway involved.
+    pub gateway: Option<Imsi>,
+    /// Free text without secrets.
+    pub detail: String,
+}
+
+/// Output of the [`LinkEndpoint`]; handle in order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LinkEvent {
+    /// Fetch one vector per request (in order), then call
+    /// [`LinkEndpoint::provide_vectors`] with `ticket`. Refuse (`Err(RejectReason::Unknown)`)
+    /// a subscriber whose kind differs from the one asked for.
+    NeedVectors {
+        /// Answer with this.
+        ticket: u64,
+        /// Subscriber and the kind it must have.
+        requests: Vec<(Imsi, SubscriberKind)>,
+    },
+    /// Re-synchronise SQN with AUTS (TS 33.102 §6.3.5), then answer `ticket` with one fresh
+    /// vector.
+    NeedResync {
+        /// Answer with this.
+        ticket: u64,
+        /// Subscriber.
+        imsi: Imsi,
+        /// RAND of the rejected challenge.
+        rand: Rand,
+        /// AUTS from the peer.
+        auts: Auts,
+    },
+    /// Check each `(device, gateway)` pair (§6), then call
+    /// [`LinkEndpoint::provide_authorization`] with one answer per pair, in order.
+    Authorize {
+        /// Answer with this.
+        ticket: u64,
+        /// `(device IMSI, gateway IMSI)`.
+        pairs: Vec<(Imsi, Imsi)>,
+    },
+    /// A device or gateway confirmed its new OSCORE context (RFC 9820 §3.3).
+    Authenticated {
+        /// Who.
+        imsi: Imsi,
+        /// Device (relayed) or gateway (direct).
+        kind: SubscriberKind,
+        /// The gateway a device came through.
+        via: Option<Imsi>,
+    },
+    /// An authentication ended without success.
+    Failed {
+        /// Who, if the identity was known by then.
+        imsi: Option<Imsi>,
+        /// Device (relayed) or gateway (direct).
+        kind: SubscriberKind,
+        /// Why.
+        reason: FailureCause,
+    },
+    /// An OSCORE-verified, authorized uplink (`POST u`) from a device.
+    Uplink {
+        /// The device.
+        device: Imsi,
+        /// The payload, opaque.
+        payload: Vec<u8>,
+    },
+    /// The device acknowledged (OSCORE-verified) a downlink.
+    DownlinkDelivered {
+        /// The device.
+        device: Imsi,
+    },
+    /// A downlink was not acknowledged after all retransmissions.
+    DownlinkFailed {
+        /// The device.
+        device: Imsi,
+    },
+    /// Store this audit record (§6).
+    Audit(LinkAudit),
+}
+
+/// Why an authentication failed (also the key of [`LinkStats::failures`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// The pair was refused by the authorization check (§6); the audit event says why.
+    Refused(AuditEventKey),
+    /// The driver could not supply a vector (unknown subscriber, wrong kind, barred).
+    NoVector,
+    /// EAP-AKA' failed (wrong RES or MAC, client error, synchronisation failure, ...).
+    Eap,
+    /// The peer stopped answering.
+    Unresponsive,
+    /// Another CoAP-EAP failure (bad payload, cipher suite, RID collision, peer error code).
+    CoapEap,
+    /// The OSCORE context could not be built (unsupported cipher suite).
+    Oscore,
+}
+
+/// A copyable, ordered stand-in for [`AuditEvent`] in [`FailureCause::Refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum AuditEventKey {
+    /// [`AuditEvent::NotBoundToGateway`].
+    NotBound,
+    /// [`AuditEvent::DeviceBarred`].
+    DeviceBarred,
+    /// [`AuditEvent::UnknownDevice`].
+    UnknownDevice,
+    /// [`AuditEvent::UnknownGateway`].
+    UnknownGateway,
+    /// [`AuditEvent::GatewayRevoked`].
+    GatewayRevoked,
+    /// Any other denial.
+    Other,
+}
+
+impl From<AuditEvent> for AuditEventKey {
+    fn from(e: AuditEvent) -> Self {
+        match e {
+            AuditEvent::NotBoundToGateway => Self::NotBound,
+            AuditEvent::DeviceBarred => Self::DeviceBarred,
+            AuditEvent::UnknownDevice => Self::UnknownDevice,
+            AuditEvent::UnknownGateway => Self::UnknownGateway,
+            AuditEvent::GatewayRevoked => Self::GatewayRevoked,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Why an input was dropped (the key of [`LinkStats::dropped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum DropCause {
+    /// Not a CoAP message (RFC 7252 §3) or an invalid type/code combination.
+    Malformed,
+    /// OSCORE replay (RFC 8613 §7.4) outside the deduplication lifetime.
+    Replay,
+    /// OSCORE verification failed (tampered, wrong key, bad option).
+    OscoreInvalid,
+    /// A protected message with no context to verify it.
+    NoContext,
+    /// A message no exchange or session expects.
+    Unexpected,
+    /// A batch that could not be decoded (answered with 4.00 / 4.13).
+    BadBatch,
+    /// A malformed batch entry (answered with `kind 1, result 1`).
+    BadEntry,
+    /// A limit (gateways, devices, entry size) was reached.
+    Limit,
+}
+
+/// Counters of the [`LinkEndpoint`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Batches received (requests and responses).
+    pub batches_in: u64,
+    /// Batches sent (requests and responses).
+    pub batches_out: u64,
+    /// Entries received.
+    pub entries_in: u64,
+    /// Entries sent.
+    pub entries_out: u64,
+    /// Completed `POST /r` round trips (answered gateway requests plus answered
+    /// network-initiated requests).
+    pub round_trips: u64,
+    /// Store round trips asked for: number of NeedVectors, NeedResync and Authorize events.
+    pub store_round_trips: u64,
+    /// Authentications that succeeded (devices and gateways).
+    pub authenticated: u64,
+    /// Duplicate requests answered from the cache (or ignored while being processed).
+    pub duplicates: u64,
+    /// Failed authentications by cause.
+    pub failures: BTreeMap<FailureCause, u64>,
+    /// Dropped inputs by cause.
+    pub dropped: BTreeMap<DropCause, u64>,
+}
+
+/// API misuse reported by [`LinkEndpoint`] methods.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// No authenticated device with this IMSI.
+    #[error("device is not authenticated")]
+    NotAuthenticated,
+    /// The payload does not fit one relayed CoAP message (§4: 1,152 bytes).
+    #[error("downlink payload too large")]
+    TooLarge,
+    /// The ticket is unknown or already answered.
+    #[error("unknown ticket")]
+    UnknownTicket,
+    /// The answer does not have one item per request.
+    #[error("expected {expected} answers, got {got}")]
+    WrongAnswerCount {
+        /// Requests in the event.
+        expected: usize,
+        /// Answers given.
+        got: usize,
+    },
+    /// OSCORE protection failed (e.g. sequence numbers exhausted).
+    #[error("OSCORE: {0}")]
+    Oscore(#[from] capillary_oscore::OscoreError),
+}

@@ -1,0 +1,404 @@
+//! One CoAP-EAP authenticator (RFC 9820) plus one EAP-AKA' server (RFC 9048) and the OSCORE
+//! contexts that result, for one gateway (direct) or one device (relayed).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use capillary_coap::reliability::{MessageIdAllocator, Outbox, TokenAllocator};
+use capillary_coap::Message;
+use capillary_coap_eap::{
+    AuthEvent, AuthFailure, AuthenticatorConfig, CoapEapAuthenticator, OscoreMaterial,
+};
+use capillary_eap::eap;
+use capillary_eap::server::{EapAkaServer, FailureReason, RejectReason, ServerEvent, VectorInput};
+use capillary_oscore::{ContextParams, RequestBinding, SecurityContext};
+use capillary_secrets::{Auts, Emsk, Imsi, Msk, Rand};
+use capillary_store::AuditEvent;
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::{FailureCause, LinkConfig};
+
+/// The keys of one confirmed (or about to be confirmed) authentication.
+pub(crate) struct Keys {
+    pub ctx: SecurityContext,
+    pub msk: Msk,
+    pub emsk: Emsk,
+    pub master_secret: [u8; 16],
+    pub master_salt: [u8; 8],
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.master_secret);
+        zeroize::Zeroize::zeroize(&mut self.master_salt);
+    }
+}
+
+impl core::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+impl Keys {
+    pub fn export(&self, out: &mut Vec<Vec<u8>>) {
+        out.push(self.msk.expose_array().to_vec());
+        out.push(self.emsk.expose_array().to_vec());
+        out.push(self.master_secret.to_vec());
+        out.push(self.master_salt.to_vec());
+        out.push(self.ctx.sender_key().expose().to_vec());
+        out.push(self.ctx.recipient_key().expose().to_vec());
+        out.push(self.ctx.common_iv().expose().to_vec());
+    }
+}
+
+/// What a session waits for from the store.
+#[derive(Debug, Default)]
+pub(crate) struct StoreWait {
+    pub vector: Option<Result<VectorInput, RejectReason>>,
+    pub need_authz: bool,
+    pub denial: Option<Option<AuditEvent>>,
+}
+
+/// A store request raised while pumping a session.
+#[derive(Debug)]
+pub(crate) enum Need {
+    Vector(Imsi),
+    Resync(Imsi, Rand, Auts),
+}
+
+/// The end of an authentication.
+#[derive(Debug)]
+pub(crate) enum Finish {
+    Authenticated(Duration),
+    Failed(FailureCause),
+    Expired,
+}
+
+/// Outputs of one pump.
+#[derive(Debug, Default)]
+pub(crate) struct Pumped {
+    /// Encoded CoAP messages for the peer.
+    pub out: Vec<Vec<u8>>,
+    pub needs: Vec<Need>,
+    pub finished: Vec<Finish>,
+}
+
+/// Downlink requests of a device (network → device CON `POST d`).
+#[derive(Debug)]
+pub(crate) struct Downlink {
+    pub outbox: Outbox,
+    pub mids: MessageIdAllocator,
+    pub tokens: TokenAllocator,
+    pub queue: VecDeque<Vec<u8>>,
+    /// Message ID → (token, binding) of outstanding downlinks.
+    pub outstanding: HashMap<u16, (Vec<u8>, RequestBinding)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Changes with each new EAP run (stale store answers are ignored).
+    pub generation: u64,
+    pub auth: CoapEapAuthenticator,
+    pub server: Option<EapAkaServer>,
+    /// Identity of the current run (from EAP).
+    pub imsi: Option<Imsi>,
+    pub wait: Option<StoreWait>,
+    pending_secrets: Option<(Msk, Emsk)>,
+    /// Keys of the run in progress (after KeysReady, before confirmation).
+    pub new_keys: Option<Keys>,
+    /// Confirmed keys and whose they are.
+    pub keys: Option<Keys>,
+    pub keys_imsi: Option<Imsi>,
+    /// Authenticator's protected requests by Message ID: (bytes, binding).
+    pub protected_out: HashMap<u16, (Vec<u8>, RequestBinding)>,
+    /// Why EAP failed, recorded when the EAP server gave up.
+    pub eap_failure: Option<FailureCause>,
+    pub downlink: Downlink,
+}
+
+impl Session {
+    pub fn new(cfg: &LinkConfig, rng: &mut StdRng) -> Self {
+        let mid: u16 = rng.gen();
+        let mut acfg = AuthenticatorConfig::new(cfg.rid_c.clone(), mid, rng.gen());
+        acfg.cipher_suites = cfg.cipher_suites.clone();
+        acfg.session_lifetime = Duration::from_secs(u64::from(cfg.session_lifetime_secs));
+        Self {
+            generation: 0,
+            auth: CoapEapAuthenticator::new(acfg),
+            server: None,
+            imsi: None,
+            wait: None,
+            pending_secrets: None,
+            new_keys: None,
+            keys: None,
+            keys_imsi: None,
+            protected_out: HashMap::new(),
+            eap_failure: None,
+            downlink: Downlink {
+                outbox: Outbox::new(cfg.transmission),
+                // A Message-ID range away from the authenticator's (RFC 7252 §4.4).
+                mids: MessageIdAllocator::new(mid.wrapping_add(0x8000)),
+                tokens: TokenAllocator::new(8, rng.gen()),
+                queue: VecDeque::new(),
+                outstanding: HashMap::new(),
+            },
+        }
+    }
+
+    /// Feeds the store's answers to the EAP server once all have arrived (RFC 4187 §6.3.1:
+    /// a refusal becomes the general-failure notification, then EAP-Failure). Returns the
+    /// authorization denial, if any, for the audit record (PROTOCOL.md §6).
+    pub fn try_continue(&mut self, rng: &mut StdRng) -> Option<AuditEvent> {
+        let ready = self
+            .wait
+            .as_ref()
+            .is_some_and(|w| w.vector.is_some() && (!w.need_authz || w.denial.is_some()));
+        if !ready {
+            return None;
+        }
+        let w = self.wait.take()?;
+        let server = self.server.as_mut()?;
+        let denial = w.denial.flatten();
+        match (denial, w.vector) {
+            (Some(d), _) => {
+                let r = if d == AuditEvent::UnknownDevice {
+                    RejectReason::Unknown
+                } else {
+                    RejectReason::Barred
+                };
+                self.eap_failure = Some(FailureCause::Refused(d.into()));
+                server.subscriber_rejected(r);
+                Some(d)
+            }
+            (None, Some(Err(r))) => {
+                self.eap_failure = Some(FailureCause::NoVector);
+                server.subscriber_rejected(r);
+                None
+            }
+            (None, Some(Ok(v))) => {
+                server.provide_vector(v, rng);
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Runs the authenticator and the EAP server until neither has output.
+    pub fn pump(&mut self, now: Instant, rng: &mut StdRng, cfg: &LinkConfig, p: &mut Pumped) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.auth.poll_event() {
+                progressed = true;
+                self.on_auth_event(now, rng, cfg, ev, p);
+            }
+            if let Some(server) = self.server.as_mut() {
+                let mut evs = Vec::new();
+                while let Some(ev) = server.poll_event() {
+                    evs.push(ev);
+                }
+                for ev in evs {
+                    progressed = true;
+                    self.on_server_event(now, rng, ev, p);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn on_auth_event(
+        &mut self,
+        now: Instant,
+        rng: &mut StdRng,
+        cfg: &LinkConfig,
+        ev: AuthEvent,
+        p: &mut Pumped,
+    ) {
+        match ev {
+            AuthEvent::Triggered { .. } => {
+                // Random, not a counter: a session re-created under the same key must not
+                // accept answers meant for its predecessor.
+                self.generation = rng.gen();
+                // The authenticator sends EAP-Request/Identity itself; the server adopts the
+                // Identifier of the EAP-Response/Identity (RFC 3748 §5.1).
+                let id: u8 = rng.gen();
+                self.server = Some(EapAkaServer::new(cfg.eap.clone(), id.wrapping_add(1)));
+                self.imsi = None;
+                self.wait = None;
+                self.pending_secrets = None;
+                self.new_keys = None;
+                self.protected_out.clear();
+                self.eap_failure = None;
+                // Errors here mean the authenticator is not waiting: nothing to send.
+                let _ = self.auth.send_eap_request(now, &eap::identity_request(id));
+            }
+            AuthEvent::Transmit(m) => {
+                if let Ok(b) = m.encode() {
+                    p.out.push(b);
+                }
+            }
+            AuthEvent::TransmitProtected(m) => {
+                if let Some((bytes, _)) = self.protected_out.get(&m.message_id) {
+                    // A retransmission: the same protected bytes (RFC 9820 driver contract).
+                    p.out.push(bytes.clone());
+                    return;
+                }
+                let Some(keys) = self.new_keys.as_mut() else {
+                    return;
+                };
+                if let Ok((prot, binding)) = keys.ctx.protect_request(&m) {
+                    if let Ok(bytes) = prot.encode() {
+                        self.protected_out
+                            .insert(m.message_id, (bytes.clone(), binding));
+                        p.out.push(bytes);
+                    }
+                }
+            }
+            AuthEvent::EapResponse(r) => {
+                if let Some(server) = self.server.as_mut() {
+                    server.handle_response(&r, rng);
+                }
+            }
+            AuthEvent::KeysReady(material) => {
+                let secrets = self.pending_secrets.take();
+                match (secrets, build_keys(&material)) {
+                    (Some((msk, emsk)), Some((ctx, master_secret, master_salt))) => {
+                        self.new_keys = Some(Keys {
+                            ctx,
+                            msk,
+                            emsk,
+                            master_secret,
+                            master_salt,
+                        });
+                    }
+                    _ => self.eap_failure = Some(FailureCause::Oscore),
+                }
+            }
+            AuthEvent::Authenticated { session_lifetime } => {
+                if let Some(k) = self.new_keys.take() {
+                    self.keys = Some(k);
+                    self.keys_imsi = self.imsi.clone();
+                    self.protected_out.clear();
+                    p.finished.push(Finish::Authenticated(session_lifetime));
+                }
+            }
+            AuthEvent::SessionExpired => {
+                self.keys = None;
+                p.finished.push(Finish::Expired);
+            }
+            AuthEvent::Failed(f) => {
+                let cause = match (&f, self.eap_failure) {
+                    (_, Some(c)) => c,
+                    (AuthFailure::PeerUnresponsive, None) => FailureCause::Unresponsive,
+                    (AuthFailure::EapFailureSent, None) => FailureCause::Eap,
+                    _ => FailureCause::CoapEap,
+                };
+                self.wait = None;
+                self.new_keys = None;
+                p.finished.push(Finish::Failed(cause));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_server_event(&mut self, now: Instant, rng: &mut StdRng, ev: ServerEvent, p: &mut Pumped) {
+        match ev {
+            ServerEvent::Send(req) => {
+                let _ = self.auth.send_eap_request(now, &req);
+            }
+            ServerEvent::NeedVector { imsi } => {
+                self.imsi = Some(imsi.clone());
+                self.wait = Some(StoreWait::default());
+                p.needs.push(Need::Vector(imsi));
+            }
+            ServerEvent::NeedResync { imsi, rand, auts } => {
+                self.imsi = Some(imsi.clone());
+                self.wait = Some(StoreWait::default());
+                p.needs.push(Need::Resync(imsi, rand, auts));
+            }
+            // Pseudonyms and fast re-authentication are off (module docs): nothing is
+            // ever stored, so nothing resolves.
+            ServerEvent::ResolvePseudonym { .. } => {
+                if let Some(s) = self.server.as_mut() {
+                    s.provide_pseudonym(None, rng);
+                }
+            }
+            ServerEvent::ResolveReauth { .. } => {
+                if let Some(s) = self.server.as_mut() {
+                    s.provide_reauth(None, rng);
+                }
+            }
+            ServerEvent::Success { eap, msk, emsk, .. } => {
+                // KeysReady is queued by send_eap_success and handled after this event, so
+                // the secrets are in place by then.
+                if self.auth.send_eap_success(now, &eap, &msk).is_ok() {
+                    self.pending_secrets = Some((msk, emsk));
+                } else {
+                    self.eap_failure = Some(FailureCause::CoapEap);
+                }
+            }
+            ServerEvent::Failure { eap, reason } => {
+                if self.eap_failure.is_none() {
+                    self.eap_failure = Some(match reason {
+                        FailureReason::UnknownSubscriber
+                        | FailureReason::Barred
+                        | FailureReason::StoreFailure => FailureCause::NoVector,
+                        _ => FailureCause::Eap,
+                    });
+                }
+                let _ = self.auth.send_eap_failure(now, &eap);
+            }
+            // PersistPseudonym / PersistReauth / ForgetReauth cannot occur (both features
+            // are off); Discarded leaves the state unchanged.
+            _ => {}
+        }
+    }
+
+    /// Protects and tracks a new downlink request; returns the bytes to relay.
+    pub fn send_downlink(
+        &mut self,
+        now: Instant,
+        rng: &mut StdRng,
+        payload: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, capillary_oscore::OscoreError> {
+        if !self.downlink.outbox.can_send() {
+            self.downlink.queue.push_back(payload);
+            return Ok(None);
+        }
+        let Some(keys) = self.keys.as_mut() else {
+            return Ok(None);
+        };
+        let mid = self.downlink.mids.next_id();
+        let token = self.downlink.tokens.next_token();
+        let mut m = Message::new(
+            capillary_coap::MessageType::Con,
+            capillary_coap::Code::POST,
+            mid,
+            token.clone(),
+        );
+        m.set_uri_path("d");
+        m.payload = payload;
+        let (prot, binding) = keys.ctx.protect_request(&m)?;
+        let bytes = prot.encode()?;
+        self.downlink
+            .outbox
+            .send_con(now, bytes.clone(), mid, rng.gen());
+        self.downlink.outstanding.insert(mid, (token, binding));
+        Ok(Some(bytes))
+    }
+}
+
+/// The OSCORE context (RFC 8613 §3.2) from the CoAP-EAP material (RFC 9820 §6.2). Only
+/// suite 0 maps to what `capillary-oscore` implements.
+fn build_keys(m: &OscoreMaterial) -> Option<(SecurityContext, [u8; 16], [u8; 8])> {
+    if m.cipher_suite != capillary_coap_eap::CipherSuite::DEFAULT {
+        return None;
+    }
+    let mut params = ContextParams::new(m.master_secret.expose(), &m.sender_id, &m.recipient_id);
+    params.master_salt = m.master_salt.expose();
+    let ctx = SecurityContext::new(params).ok()?;
+    Some((ctx, *m.master_secret.expose(), *m.master_salt.expose()))
+}

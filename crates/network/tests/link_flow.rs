@@ -1,0 +1,433 @@
+//! The network link endpoint against in-test gateway and device stand-ins
+//! (docs/PROTOCOL.md §3, §4, §6, §7).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod link_support;
+
+use std::time::Duration;
+
+use capillary_network::link::{DropCause, FailureCause, LinkEvent};
+use capillary_relay::OutcomeResult;
+use capillary_secrets::Imsi;
+use capillary_store::{AuditEvent, SubscriberKind};
+use link_support::{imsi, World, GW_IMSI};
+
+fn authenticated_world(n: u32, seed: u64) -> World {
+    let mut w = World::new(seed);
+    w.authenticate_gateway();
+    for i in 1..=n {
+        w.add_sub(&imsi(i), SubscriberKind::Device, true);
+        w.add_device(&imsi(i), i);
+    }
+    w
+}
+
+#[test]
+fn gateway_authenticates_directly() {
+    let mut w = World::new(1);
+    w.authenticate_gateway();
+    let gw = Imsi::new(GW_IMSI).unwrap();
+    assert!(w.log.iter().any(|e| matches!(e,
+        LinkEvent::Authenticated { imsi, kind: SubscriberKind::Gateway, via: None } if *imsi == gw)));
+    // One store round trip: the gateway's vector, asked for with kind Gateway.
+    assert_eq!(w.need_vectors, 1);
+    assert_eq!(w.authorize, 0);
+    assert_eq!(w.net.stats().authenticated, 1);
+    // Gateway keys are not device keys.
+    assert!(w.net.dangerous_export_secrets().is_empty());
+}
+
+#[test]
+fn ten_devices_attach_in_batches() {
+    let mut w = authenticated_world(10, 2);
+    let before = w.need_vectors;
+    let batches_before = w.gw.sent_batches.len();
+    w.start_devices();
+    w.run_until(Duration::from_secs(120), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+            && w.gw.outcomes.len() >= 10
+            && !w.gw.outstanding()
+    });
+    for (h, d) in &w.devices {
+        assert!(d.authenticated, "device {h} authenticated");
+        assert!(d.failed.is_none());
+    }
+    let s = w.net.stats();
+    // All ten identities travel in one batch: ONE NeedVectors, ONE Authorize.
+    assert_eq!(
+        w.need_vectors - before,
+        1,
+        "NeedVectors per batch, not per device"
+    );
+    assert_eq!(w.authorize, 1);
+    assert_eq!(
+        s.store_round_trips, 3,
+        "gateway vector + one NeedVectors + one Authorize"
+    );
+    // §7: triggers, identities, challenge responses, key confirmations: 4 batches.
+    let batches = w.gw.sent_batches.len() - batches_before;
+    assert_eq!(batches, 4, "gateway-link batches for 10 devices");
+    assert_eq!(s.authenticated, 11);
+    let outcomes: Vec<_> =
+        w.gw.outcomes
+            .iter()
+            .filter(|(_, r)| *r == OutcomeResult::Authenticated)
+            .collect();
+    assert_eq!(outcomes.len(), 10);
+    let auths = w
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(e, LinkEvent::Authenticated { kind: SubscriberKind::Device, via: Some(g), .. }
+                if g.as_str() == GW_IMSI)
+        })
+        .count();
+    assert_eq!(auths, 10);
+    for i in 1..=10 {
+        assert!(w.net.is_device_authenticated(&Imsi::new(&imsi(i)).unwrap()));
+    }
+    // 7 secrets per device (MSK, EMSK, master secret, salt, 2 keys, common IV).
+    assert_eq!(w.net.dangerous_export_secrets().len(), 70);
+}
+
+#[test]
+fn store_round_trips_hold_the_response() {
+    let mut w = authenticated_world(3, 3);
+    w.store_online = false;
+    w.start_devices();
+    w.settle();
+    // The identity batch is waiting for the store: nothing has been answered yet.
+    assert!(
+        w.gw.outstanding(),
+        "POST /r response held until the store answers"
+    );
+    w.store_online = true;
+    w.release_store();
+    w.run_until(Duration::from_secs(60), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+    });
+    assert!(w.devices.iter().all(|(_, d)| d.authenticated));
+}
+
+#[test]
+fn slow_store_answers_follow_in_a_network_initiated_batch() {
+    let mut w = authenticated_world(3, 13);
+    w.store_online = false;
+    w.start_devices();
+    w.settle();
+    assert!(w.gw.outstanding());
+    // The hold time passes: the 2.04 leaves with what is ready.
+    w.now += Duration::from_secs(2);
+    let now = w.now;
+    w.net.handle_timeout(now);
+    w.settle();
+    assert!(!w.gw.outstanding(), "response sent after the hold time");
+    let before = w.gw.network_batches;
+    w.store_online = true;
+    w.release_store();
+    w.run_until(Duration::from_secs(60), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+    });
+    assert!(w.devices.iter().all(|(_, d)| d.authenticated));
+    assert!(w.gw.network_batches > before);
+}
+
+#[test]
+fn uplink_and_downlink_round_trip() {
+    let mut w = authenticated_world(2, 4);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+    });
+    let authorize_before = w.authorize;
+    w.device(1).send_uplink(b"temperature=21");
+    w.device(2).send_uplink(b"humidity=40");
+    w.run_until(Duration::from_secs(10), |w| {
+        w.devices.iter().all(|(_, d)| !d.uplink_acks.is_empty())
+    });
+    let ups: Vec<_> = w
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Uplink { device, payload } => Some((device.clone(), payload.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ups.len(), 2);
+    assert!(ups.contains(&(Imsi::new(&imsi(1)).unwrap(), b"temperature=21".to_vec())));
+    assert_eq!(w.device(1).uplink_acks[0].1, capillary_coap::Code::CHANGED);
+    // §6: both uplinks of the batch were authorized with one Authorize.
+    assert_eq!(w.authorize - authorize_before, 1);
+
+    let dev = Imsi::new(&imsi(2)).unwrap();
+    w.net
+        .queue_downlink(w.now, &dev, b"set-interval 60")
+        .unwrap();
+    w.run_until(Duration::from_secs(10), |w| {
+        w.log
+            .iter()
+            .any(|e| matches!(e, LinkEvent::DownlinkDelivered { .. }))
+    });
+    assert_eq!(w.device(2).downlinks, vec![b"set-interval 60".to_vec()]);
+    assert!(w
+        .log
+        .iter()
+        .any(|e| matches!(e, LinkEvent::DownlinkDelivered { device } if *device == dev)));
+    // Downlink to an unknown device is refused.
+    let unknown = Imsi::new(&imsi(77)).unwrap();
+    assert!(w.net.queue_downlink(w.now, &unknown, b"x").is_err());
+}
+
+#[test]
+fn unbound_device_refused_with_audit() {
+    let mut w = World::new(5);
+    w.authenticate_gateway();
+    w.add_sub(&imsi(1), SubscriberKind::Device, true);
+    w.add_sub(&imsi(2), SubscriberKind::Device, false); // not bound to the gateway
+    w.add_device(&imsi(1), 1);
+    w.add_device(&imsi(2), 2);
+    w.start_devices();
+    w.run_until(Duration::from_secs(120), |w| {
+        w.devices[0].1.authenticated && w.devices[1].1.failed.is_some() && w.gw.outcomes.len() >= 2
+    });
+    assert!(w.device(1).authenticated);
+    assert!(!w.device(2).authenticated);
+    assert!(
+        w.device(2).failed.is_some(),
+        "EAP failure reached the device"
+    );
+    let bad = Imsi::new(&imsi(2)).unwrap();
+    assert!(w.log.iter().any(|e| matches!(e,
+        LinkEvent::Audit(a) if a.event == AuditEvent::NotBoundToGateway && a.subject == bad
+            && a.gateway.as_ref().map(Imsi::as_str) == Some(GW_IMSI))));
+    assert!(w.log.iter().any(|e| matches!(e,
+        LinkEvent::Failed { imsi: Some(i), reason: FailureCause::Refused(_), .. } if *i == bad)));
+    assert!(w.gw.outcomes.contains(&(2, OutcomeResult::REFUSED)));
+    assert!(w.gw.outcomes.contains(&(1, OutcomeResult::Authenticated)));
+    assert!(!w.net.is_device_authenticated(&bad));
+}
+
+#[test]
+fn device_credentials_cannot_authenticate_as_gateway() {
+    // A device subscriber runs CoAP-EAP directly, as if it were a gateway.
+    let mut w = World::new(6);
+    let dev = imsi(3);
+    w.add_sub(&dev, SubscriberKind::Device, true);
+    w.gw.peer = link_support::Peer::new(&dev, vec![0x47], 99);
+    w.gw.peer.start(w.now);
+    w.run_until(Duration::from_secs(120), |w| w.gw.peer.failed.is_some());
+    assert!(!w.gw.peer.authenticated);
+    assert!(!w.net.is_gateway_authenticated(w.gw_addr));
+    assert!(w.log.iter().any(|e| matches!(
+        e,
+        LinkEvent::Failed {
+            kind: SubscriberKind::Gateway,
+            reason: FailureCause::NoVector,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn gateway_credentials_cannot_attach_as_device() {
+    let mut w = World::new(7);
+    w.authenticate_gateway();
+    // A relayed run with the gateway's own identity.
+    w.add_device(GW_IMSI, 5);
+    w.start_devices();
+    w.run_until(Duration::from_secs(120), |w| {
+        w.devices[0].1.failed.is_some() && !w.gw.outcomes.is_empty()
+    });
+    assert!(!w.devices[0].1.authenticated);
+    assert!(w.log.iter().any(|e| matches!(e,
+        LinkEvent::Audit(a) if a.event == AuditEvent::UnknownDevice)));
+    assert!(w.gw.outcomes.contains(&(5, OutcomeResult::REFUSED)));
+}
+
+#[test]
+fn replayed_batch_is_not_processed_again() {
+    let mut w = authenticated_world(2, 8);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+    });
+    w.device(1).send_uplink(b"once");
+    w.run_until(Duration::from_secs(10), |w| {
+        !w.devices[0].1.uplink_acks.is_empty()
+    });
+    let uplinks = |w: &World| {
+        w.log
+            .iter()
+            .filter(|e| matches!(e, LinkEvent::Uplink { .. }))
+            .count()
+    };
+    assert_eq!(uplinks(&w), 1);
+    let last = w.gw.sent_batches.last().unwrap().clone();
+    let s0 = w.net.stats();
+    // Within the exchange lifetime: a duplicate, answered from the cache.
+    w.net.handle_datagram(w.now, w.gw_addr, &last);
+    let cached = w.net.poll_transmit();
+    assert!(
+        cached.is_some(),
+        "duplicate answered with the cached response"
+    );
+    assert!(
+        w.net.poll_event().is_none(),
+        "a replayed batch produced an event"
+    );
+    let s1 = w.net.stats();
+    assert_eq!(s1.batches_in, s0.batches_in);
+    assert_eq!(s1.duplicates, s0.duplicates + 1);
+    // Long after: OSCORE replay protection drops it.
+    w.now += Duration::from_secs(600);
+    w.net.handle_timeout(w.now);
+    while w.net.poll_transmit().is_some() {}
+    w.net.handle_datagram(w.now, w.gw_addr, &last);
+    assert!(w.net.poll_event().is_none());
+    let s2 = w.net.stats();
+    assert_eq!(s2.batches_in, s0.batches_in);
+    assert_eq!(s2.dropped.get(&DropCause::Replay), Some(&1));
+    assert_eq!(uplinks(&w), 1);
+}
+
+#[test]
+fn tampered_batch_dropped_and_counted() {
+    let mut w = authenticated_world(1, 9);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| w.devices[0].1.authenticated);
+    let mut last = w.gw.sent_batches.last().unwrap().clone();
+    let n = last.len();
+    last[n - 3] ^= 0x40;
+    // Fresh Message ID so deduplication does not catch it first.
+    last[3] ^= 0x55;
+    let s0 = w.net.stats();
+    w.net.handle_datagram(w.now, w.gw_addr, &last);
+    assert!(w.net.poll_event().is_none());
+    let s1 = w.net.stats();
+    assert_eq!(s1.batches_in, s0.batches_in);
+    assert_eq!(
+        s1.dropped
+            .get(&DropCause::OscoreInvalid)
+            .copied()
+            .unwrap_or(0),
+        s0.dropped
+            .get(&DropCause::OscoreInvalid)
+            .copied()
+            .unwrap_or(0)
+            + 1
+    );
+}
+
+#[test]
+fn device_retransmissions_travel_in_network_initiated_batches() {
+    let mut w = authenticated_world(1, 10);
+    // The EAP-Request/Identity relayed in the first 2.04 is lost on the capillary link.
+    w.drop_device_deliveries = 1;
+    w.start_devices();
+    w.settle();
+    assert!(!w.devices[0].1.authenticated);
+    let before = w.gw.network_batches;
+    w.run_until(Duration::from_secs(120), |w| w.devices[0].1.authenticated);
+    assert!(w.devices[0].1.authenticated);
+    // The authenticator's retransmission went out in a network-initiated POST /r.
+    assert!(w.gw.network_batches > before, "network-initiated batch");
+    assert!(w.net.stats().round_trips > 0);
+}
+
+#[test]
+fn device_layer_replay_and_tamper_dropped() {
+    let mut w = authenticated_world(1, 11);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| w.devices[0].1.authenticated);
+    let up = w.device(1).send_uplink(b"reading");
+    w.run_until(Duration::from_secs(10), |w| {
+        !w.devices[0].1.uplink_acks.is_empty()
+    });
+    let count_uplinks = |w: &World| {
+        w.log
+            .iter()
+            .filter(|e| matches!(e, LinkEvent::Uplink { .. }))
+            .count()
+    };
+    assert_eq!(count_uplinks(&w), 1);
+    // The same protected uplink again, in a fresh (valid) batch: answered from the cache.
+    let d0 = w.net.stats().duplicates;
+    w.gw.queue.push(capillary_relay::Entry::coap(1, up.clone()));
+    w.settle();
+    assert_eq!(count_uplinks(&w), 1, "not delivered twice");
+    assert_eq!(w.net.stats().duplicates, d0 + 1);
+    // After the deduplication lifetime: the OSCORE replay window drops it.
+    w.now += Duration::from_secs(600);
+    w.net.handle_timeout(w.now);
+    w.settle();
+    w.gw.queue.push(capillary_relay::Entry::coap(1, up.clone()));
+    w.settle();
+    assert_eq!(count_uplinks(&w), 1);
+    assert_eq!(w.net.stats().dropped.get(&DropCause::Replay), Some(&1));
+    // Tampered ciphertext with a fresh Message ID.
+    let mut bad = up;
+    let n = bad.len();
+    bad[n - 2] ^= 1;
+    bad[3] ^= 0x33;
+    w.gw.queue.push(capillary_relay::Entry::coap(1, bad));
+    w.settle();
+    assert_eq!(count_uplinks(&w), 1);
+    assert_eq!(
+        w.net.stats().dropped.get(&DropCause::OscoreInvalid),
+        Some(&1)
+    );
+}
+
+#[test]
+fn unprotected_request_from_gateway_gets_4_01() {
+    let mut w = World::new(12);
+    w.authenticate_gateway();
+    let mut m = capillary_coap::Message::new(
+        capillary_coap::MessageType::Con,
+        capillary_coap::Code::POST,
+        7,
+        vec![1],
+    );
+    m.set_uri_path("r");
+    w.net
+        .handle_datagram(w.now, w.gw_addr, &m.encode().unwrap());
+    let (_, b) = w.net.poll_transmit().unwrap();
+    let r = capillary_coap::Message::parse(&b).unwrap();
+    assert_eq!(r.code, capillary_coap::Code::UNAUTHORIZED);
+    assert_eq!(r.message_id, 7);
+}
+
+#[test]
+fn gateway_reauthentication_rekeys_the_link() {
+    let mut w = authenticated_world(1, 14);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| w.devices[0].1.authenticated);
+    // The gateway runs CoAP-EAP again (RFC 9820 §3.4): a new MSK, a new link context.
+    w.gw.peer.authenticated = false;
+    w.gw.peer.start(w.now);
+    w.run_until(Duration::from_secs(60), |w| w.gw.peer.authenticated);
+    assert!(w.gw.peer.authenticated);
+    let gw_auths = w
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                LinkEvent::Authenticated {
+                    kind: SubscriberKind::Gateway,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(gw_auths, 2);
+    // The device session survives, and batches under the new link context work.
+    w.device(1).send_uplink(b"after rekey");
+    w.run_until(Duration::from_secs(10), |w| {
+        !w.devices[0].1.uplink_acks.is_empty()
+    });
+    assert!(w
+        .log
+        .iter()
+        .any(|e| matches!(e, LinkEvent::Uplink { payload, .. } if payload == b"after rekey")));
+}
