@@ -1,0 +1,149 @@
+//! Configuration of the gateway (contract: `notes/gateway-contract.md`, "Gateway").
+
+use std::time::Duration;
+
+use capillary_aka::vector::UsimConfig;
+use capillary_coap::reliability::TransmissionParams;
+use capillary_relay::batch::MAX_ENTRIES;
+use capillary_relay::BatcherConfig;
+use capillary_secrets::{Imsi, Opc, K};
+
+/// Default realm of the EAP identity `6<IMSI>@<realm>` (RFC 9048 §3.1).
+pub const DEFAULT_REALM: &str = "wlan.mnc001.mcc001.3gppnetwork.org";
+/// Default access network name (AT_KDF_INPUT, RFC 9048 §3.1).
+pub const DEFAULT_NETWORK_NAME: &str = "WLAN";
+
+/// What the gateway is: its own subscription (it authenticates itself like a device,
+/// PROTOCOL.md §3) and its relay limits.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    /// The gateway's own IMSI (subscriber kind `gateway`).
+    pub imsi: Imsi,
+    /// The gateway's own K.
+    pub k: K,
+    /// The gateway's own OPc.
+    pub opc: Opc,
+    /// USIM SQN handling (TS 33.102 Annex C).
+    pub usim: UsimConfig,
+    /// Realm of the EAP identity `6<IMSI>@<realm>`.
+    pub realm: String,
+    /// Expected EAP-AKA' network name (AT_KDF_INPUT).
+    pub network_name: String,
+    /// RID-I: the OSCORE Recipient ID the gateway picks (RFC 9820 §5.1), at most 7 bytes.
+    pub rid_i: Vec<u8>,
+    /// Batching of device→network entries (PROTOCOL.md §1, §4).
+    pub batcher: BatcherConfig,
+    /// Devices held at once; datagrams of further devices are dropped and counted.
+    pub max_devices: usize,
+    /// PROTOCOL.md §5 (answer EAP-Request/Identity locally, `kind 3`).
+    /// TODO: not implemented in this version; must be `false`.
+    pub local_identity: bool,
+}
+
+impl GatewayConfig {
+    /// A configuration with the default realm, network name, RID-I `[0x01]`, batcher
+    /// (20 ms, 1,024 entries, 64 KiB) and 1,024 devices.
+    pub fn new(imsi: Imsi, k: K, opc: Opc) -> Self {
+        GatewayConfig {
+            imsi,
+            k,
+            opc,
+            usim: UsimConfig::default(),
+            realm: DEFAULT_REALM.into(),
+            network_name: DEFAULT_NETWORK_NAME.into(),
+            rid_i: vec![0x01],
+            batcher: BatcherConfig::default(),
+            max_devices: MAX_ENTRIES,
+            local_identity: false,
+        }
+    }
+
+    /// Checks the values the gateway cannot run with.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.local_identity {
+            return Err(GatewayError::InvalidConfig(
+                "local_identity (PROTOCOL.md §5) is not implemented yet; set it to false",
+            ));
+        }
+        if self.rid_i.len() > 7 {
+            return Err(GatewayError::InvalidConfig(
+                "rid_i is longer than 7 bytes (RFC 8613 §3.3)",
+            ));
+        }
+        if self.realm.is_empty() {
+            return Err(GatewayError::InvalidConfig("realm is empty"));
+        }
+        capillary_relay::Batcher::new(self.batcher)
+            .map(|_| ())
+            .map_err(|_| {
+                GatewayError::InvalidConfig(
+                    "batcher: max_entries must be 1..=1024 and max_bytes 6..=65536",
+                )
+            })
+    }
+
+    /// The EAP identity `6<IMSI>@<realm>` (RFC 9048 §3.1: "6" for EAP-AKA').
+    pub fn eap_identity(&self) -> String {
+        format!("6{}@{}", self.imsi.as_str(), self.realm)
+    }
+}
+
+/// Tunables beyond the contract's [`GatewayConfig`]; `Default` gives sensible values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayOptions {
+    /// Entries one device may have waiting for the link; further datagrams are dropped.
+    pub max_pending_per_device: usize,
+    /// A device with no traffic in either direction for this long is released and
+    /// reported `gone` (`kind 2`). Default 1 h.
+    pub device_idle_timeout: Duration,
+    /// A refused device keeps its handle this long (so the EAP-Failure exchange can finish)
+    /// before it is released. Default 60 s.
+    pub refused_grace: Duration,
+    /// Gateway-link CoAP reliability (RFC 7252 §4.8). Default: RFC values.
+    pub link: TransmissionParams,
+    /// Time to wait for a separate response after an Empty ACK to `POST /r`. Default 60 s.
+    pub separate_response_timeout: Duration,
+    /// First back-off before re-authenticating after a failure or link loss. Default 1 s.
+    pub retry_backoff_initial: Duration,
+    /// Largest back-off. Default 60 s.
+    pub retry_backoff_max: Duration,
+    /// CoAP-EAP: re-authenticate this long before the session lifetime ends
+    /// (RFC 9820 §3.4). Default 300 s.
+    pub reauth_margin: Duration,
+    /// CoAP-EAP: trigger repetition interval. Default 10 s.
+    pub trigger_interval: Duration,
+    /// CoAP-EAP: triggers before the network counts as unresponsive. Default 4.
+    pub max_triggers: u32,
+    /// CoAP-EAP: time allowed between two steps of an authentication. Default 60 s.
+    pub exchange_timeout: Duration,
+    /// CoAP-EAP: session lifetime assumed when the network sends none. Default 8 h.
+    pub default_session_lifetime: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            max_pending_per_device: 8,
+            device_idle_timeout: Duration::from_secs(3600),
+            refused_grace: Duration::from_secs(60),
+            link: TransmissionParams::default(),
+            separate_response_timeout: Duration::from_secs(60),
+            retry_backoff_initial: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
+            reauth_margin: Duration::from_secs(300),
+            trigger_interval: Duration::from_secs(10),
+            max_triggers: 4,
+            exchange_timeout: Duration::from_secs(60),
+            default_session_lifetime: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// Errors of the gateway API.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// A configuration value the gateway cannot run with (the text says which).
+    #[error("invalid gateway configuration: {0}")]
+    InvalidConfig(&'static str),
+}

@@ -1,0 +1,812 @@
+//! The gateway state machine: own authentication, the OSCORE-protected gateway link
+//! (PROTOCOL.md §3, §4) and the device relay, all sans-IO.
+//!
+//! Key handling is confined to [`crate::auth`]: this module only ever holds the gateway
+//! link's [`SecurityContext`] objects and never names an EAP or AKA key type.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use capillary_coap::msg::option_number;
+use capillary_coap::reliability::{
+    Dedup, DedupResult, MessageIdAllocator, Outbox, Retransmission, TokenAllocator,
+};
+use capillary_coap::{Code, Message, MessageType};
+use capillary_oscore::{OscoreError, RequestBinding, SecurityContext};
+use capillary_relay::{Batcher, BatcherConfig, DecodedBatch};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::auth::{AuthOutput, OwnAuth};
+use crate::config::{GatewayConfig, GatewayError, GatewayOptions};
+use crate::relay::{DeviceRelay, RelayLimits, Sink};
+use crate::types::{AuthFailure, GatewayEvent, GatewayStats, Transmit};
+
+/// Dedup key of separate responses (context generations count up from 0).
+const SEPARATE: u64 = u64::MAX;
+
+/// Token length of the gateway's `POST /r` (RFC 7252 §5.3.1).
+const TOKEN_LEN: usize = 8;
+
+/// One gateway-link OSCORE context and its generation number.
+struct LinkContext {
+    epoch: u64,
+    sc: SecurityContext,
+}
+
+/// The gateway's outstanding `POST /r` (NSTART 1, RFC 7252 §4.7).
+struct InFlight {
+    mid: u16,
+    token: Vec<u8>,
+    epoch: u64,
+    binding: RequestBinding,
+    entries: u64,
+    /// Set once an Empty ACK arrived: wait for the separate response until then.
+    separate_deadline: Option<Instant>,
+}
+
+/// A protected request handed to the own authentication, to protect its answer.
+struct Serving {
+    epoch: u64,
+    binding: RequestBinding,
+    mid: u16,
+}
+
+/// The MTC gateway (see the crate documentation).
+pub struct Gateway<A> {
+    invalid: Option<&'static str>,
+    opts: GatewayOptions,
+    rng: StdRng,
+    auth: OwnAuth,
+    relay: DeviceRelay<A>,
+    /// Context of the authentication in progress (RFC 9820 §6.2), before EAP-Success.
+    pending_ctx: Option<LinkContext>,
+    /// The link context.
+    current: Option<LinkContext>,
+    /// The context before the last re-authentication, kept until the new one verified a
+    /// link message (PROTOCOL.md §3.3).
+    previous: Option<LinkContext>,
+    drop_previous: bool,
+    next_epoch: u64,
+    authenticated: bool,
+    session_lifetime: Option<Duration>,
+    outbox: Outbox,
+    /// Duplicate detection (RFC 7252 §4.5) per OSCORE context generation: a new session's
+    /// requests may reuse Message IDs of the previous one ([`SEPARATE`] for separate
+    /// responses).
+    dedup: Dedup<u64>,
+    mids: MessageIdAllocator,
+    tokens: TokenAllocator,
+    inflight: Option<InFlight>,
+    serving: Option<Serving>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<GatewayEvent<A>>,
+    stats: GatewayStats,
+}
+
+impl<A> fmt::Debug for Gateway<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("authenticated", &self.authenticated)
+            .field("invalid", &self.invalid)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! sink {
+    ($s:ident) => {
+        Sink {
+            transmits: &mut $s.transmits,
+            events: &mut $s.events,
+            stats: &mut $s.stats,
+        }
+    };
+}
+
+fn is_relay_path(m: &Message) -> bool {
+    let p = m.uri_path();
+    p.len() == 1 && p[0] == "r"
+}
+
+impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
+    /// A gateway with default [`GatewayOptions`]; `seed` drives every random choice
+    /// (Message IDs, tokens, resource names, AT_IV, jitter). An invalid `cfg`
+    /// ([`GatewayConfig::validate`]) gives a gateway that does nothing and reports
+    /// [`AuthFailure::InvalidConfig`] on [`Gateway::start`]; use [`Gateway::try_new`] to get
+    /// the error instead.
+    pub fn new(cfg: GatewayConfig, seed: u64) -> Self {
+        Self::with_options(cfg, GatewayOptions::default(), seed)
+    }
+
+    /// Like [`Gateway::new`], failing on an invalid configuration.
+    pub fn try_new(
+        cfg: GatewayConfig,
+        opts: GatewayOptions,
+        seed: u64,
+    ) -> Result<Self, GatewayError> {
+        cfg.validate()?;
+        Ok(Self::with_options(cfg, opts, seed))
+    }
+
+    /// A gateway with explicit options.
+    pub fn with_options(cfg: GatewayConfig, opts: GatewayOptions, seed: u64) -> Self {
+        let invalid = cfg.validate().err().map(|GatewayError::InvalidConfig(w)| w);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let resource_seed: u32 = rng.gen();
+        let mid0: u16 = rng.gen();
+        let auth = OwnAuth::new(
+            &cfg,
+            &opts,
+            resource_seed,
+            mid0,
+            StdRng::seed_from_u64(rng.gen()),
+        );
+        let batcher = match Batcher::new(cfg.batcher) {
+            Ok(b) => b,
+            // Only for an invalid configuration, in which case the gateway stays inert.
+            Err(_) => Batcher::new(BatcherConfig::default())
+                .expect("the default batcher configuration is valid"),
+        };
+        let relay = DeviceRelay::new(
+            batcher,
+            RelayLimits {
+                max_devices: cfg.max_devices,
+                max_pending_per_device: opts.max_pending_per_device.max(1),
+                idle: opts.device_idle_timeout,
+                refused_grace: opts.refused_grace,
+            },
+        );
+        Gateway {
+            invalid,
+            outbox: Outbox::new(opts.link),
+            dedup: Dedup::new(&opts.link),
+            // The own CoAP-EAP peer counts up from mid0; keep the link's IDs far away.
+            mids: MessageIdAllocator::new(mid0.wrapping_add(0x8000)),
+            tokens: TokenAllocator::new(TOKEN_LEN, rng.gen()),
+            backoff: opts.retry_backoff_initial,
+            opts,
+            rng,
+            auth,
+            relay,
+            pending_ctx: None,
+            current: None,
+            previous: None,
+            drop_previous: false,
+            next_epoch: 0,
+            authenticated: false,
+            session_lifetime: None,
+            inflight: None,
+            serving: None,
+            retry_at: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: GatewayStats::default(),
+        }
+    }
+
+    /// Start the gateway's own CoAP-EAP authentication with the network (PROTOCOL.md §3.1).
+    pub fn start(&mut self, now: Instant) {
+        if let Some(why) = self.invalid {
+            self.events
+                .push_back(GatewayEvent::AuthFailed(AuthFailure::InvalidConfig(why)));
+            return;
+        }
+        self.retry_at = None;
+        self.auth.start(now);
+        self.drain_auth(now);
+    }
+
+    /// True while the gateway link has an OSCORE context from a successful authentication.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Lifetime of the current session, as the network sent it (RFC 9820 §5.1).
+    pub fn session_lifetime(&self) -> Option<Duration> {
+        self.session_lifetime
+    }
+
+    /// Devices currently holding a handle.
+    pub fn devices(&self) -> usize {
+        self.relay.devices()
+    }
+
+    /// The batch handle of a device, if it holds one (PROTOCOL.md §4).
+    pub fn handle_of(&self, addr: &A) -> Option<u32> {
+        self.relay.handle_of(addr)
+    }
+
+    /// Device→network entries waiting for the link.
+    pub fn pending_entries(&self) -> usize {
+        self.relay.pending_entries()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> GatewayStats {
+        self.stats
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+        let t = self.transmits.pop_front()?;
+        match &t {
+            Transmit::ToNetwork(b) => {
+                self.stats.link_msgs_out += 1;
+                self.stats.link_bytes_out += b.len() as u64;
+            }
+            Transmit::ToDevice(_, b) => {
+                self.stats.capillary_msgs_out += 1;
+                self.stats.capillary_bytes_out += b.len() as u64;
+            }
+        }
+        Some(t)
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<GatewayEvent<A>> {
+        self.events.pop_front()
+    }
+
+    /// When [`Gateway::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.invalid.is_some() {
+            return None;
+        }
+        [
+            self.auth.poll_timeout(),
+            self.outbox.poll_timeout(),
+            self.inflight.as_ref().and_then(|i| i.separate_deadline),
+            self.retry_at,
+            self.relay.poll_timeout(self.can_send()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Timers: own authentication, `POST /r` retransmission and link loss, batching
+    /// window, device idle/refusal releases, re-authentication back-off.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.invalid.is_some() {
+            return;
+        }
+        self.auth.handle_timeout(now);
+        self.drain_auth(now);
+        for r in self.outbox.handle_timeout(now) {
+            match r {
+                Retransmission::Resend { bytes, .. } => {
+                    self.stats.link_retransmissions += 1;
+                    self.transmits.push_back(Transmit::ToNetwork(bytes));
+                }
+                Retransmission::GaveUp { message_id } => {
+                    if self.inflight.as_ref().is_some_and(|i| i.mid == message_id) {
+                        self.link_lost(now);
+                    }
+                }
+            }
+        }
+        if self
+            .inflight
+            .as_ref()
+            .and_then(|i| i.separate_deadline)
+            .is_some_and(|t| t <= now)
+        {
+            self.link_lost(now);
+        }
+        self.dedup.expire(now);
+        self.relay.handle_timeout(now, sink!(self));
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            self.auth.start(now);
+            self.drain_auth(now);
+        }
+        self.try_send_batch(now);
+    }
+
+    /// One UDP payload from a device on the capillary link.
+    pub fn handle_device_datagram(&mut self, now: Instant, from: A, bytes: &[u8]) {
+        self.stats.capillary_msgs_in += 1;
+        self.stats.capillary_bytes_in += bytes.len() as u64;
+        if self.invalid.is_some() {
+            return;
+        }
+        self.relay.device_datagram(now, from, bytes, sink!(self));
+        self.try_send_batch(now);
+    }
+
+    /// One UDP payload from the network on the gateway link.
+    pub fn handle_network_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        self.stats.link_msgs_in += 1;
+        self.stats.link_bytes_in += bytes.len() as u64;
+        if self.invalid.is_some() {
+            return;
+        }
+        let msg = match Message::parse(bytes) {
+            Ok(m) if m.type_code_valid() => m,
+            _ => {
+                self.stats.link_dropped += 1;
+                return;
+            }
+        };
+        let protected = msg.has_option(option_number::OSCORE);
+        if msg.code.is_empty() {
+            self.on_empty(now, &msg);
+        } else if msg.code.is_request() {
+            if protected {
+                self.on_protected_request(now, &msg);
+            } else if is_relay_path(&msg) {
+                // PROTOCOL.md §3.2: unprotected requests other than CoAP-EAP → 4.01.
+                self.stats.link_dropped += 1;
+                let mut resp = Message::response_to(&msg, Code::UNAUTHORIZED, self.mids.next_id());
+                resp.add_option(option_number::MAX_AGE, Vec::new());
+                self.send(&resp);
+            } else {
+                // The own CoAP-EAP exchange (RFC 9820 §3.2), unprotected until EAP-Success.
+                self.auth.handle_message(now, &msg);
+                self.drain_auth(now);
+            }
+        } else if msg.code.is_response() {
+            if protected {
+                self.on_protected_response(now, &msg);
+            } else {
+                self.on_plain_response(now, &msg);
+            }
+        } else {
+            self.stats.link_dropped += 1;
+        }
+        self.try_send_batch(now);
+    }
+
+    // ---- link internals ----
+
+    fn can_send(&self) -> bool {
+        self.authenticated && self.current.is_some() && self.inflight.is_none()
+    }
+
+    fn send(&mut self, m: &Message) -> Option<Vec<u8>> {
+        match m.encode() {
+            Ok(b) => {
+                self.transmits.push_back(Transmit::ToNetwork(b.clone()));
+                Some(b)
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn ctx_mut(&mut self, epoch: u64) -> Option<&mut SecurityContext> {
+        [
+            self.pending_ctx.as_mut(),
+            self.current.as_mut(),
+            self.previous.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|c| c.epoch == epoch)
+        .map(|c| &mut c.sc)
+    }
+
+    fn drain_auth(&mut self, now: Instant) {
+        while let Some(o) = self.auth.poll_output() {
+            match o {
+                AuthOutput::Transmit(m) => {
+                    self.send(&m);
+                }
+                AuthOutput::TransmitProtected(m) => {
+                    let Some(s) = self.serving.take() else {
+                        continue;
+                    };
+                    let protected = self
+                        .ctx_mut(s.epoch)
+                        .and_then(|c| c.protect_response(&m, &s.binding, false).ok());
+                    if let Some(p) = protected {
+                        if let Some(b) = self.send(&p) {
+                            self.dedup.record_response(&s.epoch, s.mid, b);
+                        }
+                    }
+                }
+                AuthOutput::NewContext(sc) => {
+                    let epoch = self.next_epoch;
+                    self.next_epoch += 1;
+                    self.pending_ctx = Some(LinkContext { epoch, sc });
+                }
+                AuthOutput::Authenticated(lifetime) => {
+                    if let Some(new) = self.pending_ctx.take() {
+                        if let Some(old) = self.current.take() {
+                            // PROTOCOL.md §3.3: keep the old context until the new one has
+                            // verified a link message.
+                            self.previous = Some(old);
+                            self.drop_previous = false;
+                        }
+                        self.current = Some(new);
+                    }
+                    self.authenticated = self.current.is_some();
+                    self.session_lifetime = Some(lifetime);
+                    self.backoff = self.opts.retry_backoff_initial;
+                    self.retry_at = None;
+                    self.events.push_back(GatewayEvent::Authenticated);
+                }
+                AuthOutput::SessionExpired => {
+                    if self.authenticated || self.current.is_some() {
+                        self.drop_link(now);
+                        self.events.push_back(GatewayEvent::SessionExpired);
+                    }
+                    if !self.auth.is_running() && self.retry_at.is_none() {
+                        self.retry_at = Some(now);
+                    }
+                }
+                AuthOutput::Failed(f) => {
+                    self.pending_ctx = None;
+                    self.events.push_back(GatewayEvent::AuthFailed(f));
+                    if self.retry_at.is_none() {
+                        self.schedule_retry(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forget the link state (contexts, outstanding batch).
+    fn drop_link(&mut self, _now: Instant) {
+        if let Some(inf) = self.inflight.take() {
+            self.stats.entries_lost += inf.entries;
+        }
+        self.outbox = Outbox::new(self.opts.link);
+        self.pending_ctx = None;
+        self.current = None;
+        self.previous = None;
+        self.drop_previous = false;
+        self.serving = None;
+        self.authenticated = false;
+        self.session_lifetime = None;
+    }
+
+    fn link_lost(&mut self, now: Instant) {
+        self.drop_link(now);
+        self.events.push_back(GatewayEvent::LinkLost);
+        self.schedule_retry(now);
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        let jitter: f64 = self.rng.gen_range(0.0..0.5);
+        let delay = self.backoff.mul_f64(1.0 + jitter);
+        self.retry_at = Some(now.checked_add(delay).unwrap_or(now));
+        self.backoff = self
+            .backoff
+            .saturating_mul(2)
+            .min(self.opts.retry_backoff_max);
+    }
+
+    /// The current context verified a link message: the previous one can go (§3.3).
+    fn current_verified(&mut self, epoch: u64) {
+        if self.current.as_ref().is_some_and(|c| c.epoch == epoch) && self.previous.is_some() {
+            self.drop_previous = true;
+        }
+        self.maybe_drop_previous();
+    }
+
+    fn maybe_drop_previous(&mut self) {
+        if !self.drop_previous {
+            return;
+        }
+        let prev = self.previous.as_ref().map(|c| c.epoch);
+        if self.inflight.as_ref().map(|i| i.epoch) != prev || prev.is_none() {
+            self.previous = None;
+            self.drop_previous = false;
+        }
+    }
+
+    fn on_empty(&mut self, now: Instant, msg: &Message) {
+        let ours = self
+            .inflight
+            .as_ref()
+            .is_some_and(|i| i.mid == msg.message_id);
+        match msg.ty {
+            MessageType::Ack if ours => {
+                // Empty ACK: the network answers separately (RFC 7252 §5.2.2).
+                self.outbox.handle_incoming_ack_or_rst(msg.message_id);
+                let deadline = now
+                    .checked_add(self.opts.separate_response_timeout)
+                    .unwrap_or(now);
+                if let Some(i) = self.inflight.as_mut() {
+                    i.separate_deadline.get_or_insert(deadline);
+                }
+            }
+            MessageType::Rst if ours => {
+                self.outbox.cancel(msg.message_id);
+                self.link_lost(now);
+            }
+            MessageType::Con => {
+                // CoAP ping (RFC 7252 §4.3): answer RST.
+                self.send(&Message::reset(msg.message_id));
+            }
+            _ => self.stats.link_dropped += 1,
+        }
+    }
+
+    fn on_protected_request(&mut self, now: Instant, msg: &Message) {
+        let mut verified = None;
+        let mut replay = None;
+        let mut error = None;
+        for slot in [&mut self.pending_ctx, &mut self.current, &mut self.previous]
+            .into_iter()
+            .flatten()
+        {
+            match slot.sc.unprotect_request(msg) {
+                Ok((inner, binding)) => {
+                    verified = Some((slot.epoch, inner, binding));
+                    break;
+                }
+                Err(OscoreError::Replay) => replay = Some(slot.epoch),
+                Err(e) => error = Some(e),
+            }
+        }
+        let Some((epoch, inner, binding)) = verified else {
+            if let Some(e) = replay {
+                // A retransmission of a request already verified (RFC 7252 §4.5): answer
+                // from the cache, never process it twice.
+                if let DedupResult::Duplicate(Some(b)) =
+                    self.dedup.check_typed(now, &e, msg.message_id, msg.ty)
+                {
+                    self.stats.link_duplicates += 1;
+                    self.transmits.push_back(Transmit::ToNetwork(b));
+                    return;
+                }
+            }
+            self.stats.link_dropped += 1;
+            // RFC 8613 §8.2: unprotected error response.
+            let e = error.unwrap_or(OscoreError::UnknownKid);
+            if let Some(resp) = e.error_response(msg, self.mids.next_id()) {
+                self.send(&resp);
+            }
+            return;
+        };
+        match self.dedup.check_typed(now, &epoch, msg.message_id, msg.ty) {
+            DedupResult::New => {}
+            DedupResult::Duplicate(cached) => {
+                self.stats.link_duplicates += 1;
+                if let Some(b) = cached {
+                    self.transmits.push_back(Transmit::ToNetwork(b));
+                }
+                return;
+            }
+        }
+        let for_auth = self.pending_ctx.as_ref().is_some_and(|c| c.epoch == epoch)
+            || self.current.as_ref().is_some_and(|c| c.epoch == epoch);
+        if inner.code == Code::POST && is_relay_path(&inner) {
+            if self.pending_ctx.as_ref().is_some_and(|c| c.epoch == epoch) {
+                // Not a link context yet.
+                self.respond_protected(epoch, &inner, &binding, Code::UNAUTHORIZED, Vec::new());
+                return;
+            }
+            self.current_verified(epoch);
+            self.serve_relay(now, epoch, &inner, &binding);
+        } else if for_auth {
+            // The own CoAP-EAP: EAP-Success under the new context (RFC 9820 §3.3).
+            self.serving = Some(Serving {
+                epoch,
+                binding,
+                mid: msg.message_id,
+            });
+            self.auth.handle_oscore_message(now, &inner);
+            self.drain_auth(now);
+            self.serving = None;
+        } else {
+            self.respond_protected(epoch, &inner, &binding, Code::NOT_FOUND, Vec::new());
+        }
+    }
+
+    /// A network-initiated `POST /r` (PROTOCOL.md §4): deliver its entries, answer 2.04
+    /// with whatever device→network entries wait (possibly none).
+    fn serve_relay(&mut self, now: Instant, epoch: u64, inner: &Message, binding: &RequestBinding) {
+        let decoded = if inner.payload.is_empty() {
+            Ok(DecodedBatch {
+                entries: Vec::new(),
+                bad_entries: Vec::new(),
+            })
+        } else {
+            DecodedBatch::decode(&inner.payload)
+        };
+        let (code, payload) = match decoded {
+            Ok(d) => {
+                self.relay.network_entries(now, d.entries, sink!(self));
+                let payload = match self.relay.take_batch(now, true) {
+                    Some(b) => match b.encode() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            self.stats.entries_lost += b.entries.len() as u64;
+                            Vec::new()
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                (Code::CHANGED, payload)
+            }
+            Err(e) => (
+                e.to_coap_code(),
+                e.diagnostic().unwrap_or_default().as_bytes().to_vec(),
+            ),
+        };
+        if self.respond_protected(epoch, inner, binding, code, payload) {
+            self.stats.link_round_trips += 1;
+        }
+    }
+
+    fn respond_protected(
+        &mut self,
+        epoch: u64,
+        req: &Message,
+        binding: &RequestBinding,
+        code: Code,
+        payload: Vec<u8>,
+    ) -> bool {
+        let mid = self.mids.next_id();
+        let mut resp = Message::response_to(req, code, mid);
+        resp.payload = payload;
+        let Some(p) = self
+            .ctx_mut(epoch)
+            .and_then(|c| c.protect_response(&resp, binding, false).ok())
+        else {
+            return false;
+        };
+        match self.send(&p) {
+            Some(b) => {
+                self.dedup.record_response(&epoch, req.message_id, b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn matches_inflight(&self, msg: &Message) -> bool {
+        self.inflight.as_ref().is_some_and(|i| {
+            msg.token == i.token && (msg.ty != MessageType::Ack || msg.message_id == i.mid)
+        })
+    }
+
+    fn ack_separate(&mut self, now: Instant, msg: &Message) {
+        if msg.ty != MessageType::Con {
+            return;
+        }
+        let ack = Message::empty_ack(msg.message_id);
+        if let DedupResult::Duplicate(_) = self.dedup.check(now, &SEPARATE, msg.message_id) {
+            self.stats.link_duplicates += 1;
+        }
+        if let Some(b) = self.send(&ack) {
+            self.dedup.record_response(&SEPARATE, msg.message_id, b);
+        }
+    }
+
+    fn on_protected_response(&mut self, now: Instant, msg: &Message) {
+        if !self.matches_inflight(msg) {
+            // A late or duplicated separate response: ACK it, nothing else.
+            if msg.ty == MessageType::Con
+                && matches!(
+                    self.dedup.check(now, &SEPARATE, msg.message_id),
+                    DedupResult::Duplicate(_)
+                )
+            {
+                self.stats.link_duplicates += 1;
+                self.send(&Message::empty_ack(msg.message_id));
+            } else {
+                self.stats.link_dropped += 1;
+            }
+            return;
+        }
+        let Some(epoch) = self.inflight.as_ref().map(|i| i.epoch) else {
+            return;
+        };
+        let mut binding = match self.inflight.as_ref() {
+            Some(i) => i.binding.clone(),
+            None => return,
+        };
+        let inner = match self.ctx_mut(epoch) {
+            Some(c) => c.unprotect_response(msg, &mut binding),
+            None => Err(OscoreError::UnknownKid),
+        };
+        let Ok(inner) = inner else {
+            self.stats.link_dropped += 1;
+            return;
+        };
+        let Some(inf) = self.inflight.take() else {
+            return;
+        };
+        self.outbox.cancel(inf.mid);
+        self.ack_separate(now, msg);
+        self.stats.link_round_trips += 1;
+        self.current_verified(epoch);
+        self.maybe_drop_previous();
+        if inner.code != Code::CHANGED {
+            self.stats.batches_refused += 1;
+            self.stats.entries_lost += inf.entries;
+            return;
+        }
+        if inner.payload.is_empty() {
+            return;
+        }
+        match DecodedBatch::decode(&inner.payload) {
+            Ok(d) => self.relay.network_entries(now, d.entries, sink!(self)),
+            Err(_) => self.stats.link_dropped += 1,
+        }
+    }
+
+    fn on_plain_response(&mut self, now: Instant, msg: &Message) {
+        if !self.matches_inflight(msg) {
+            self.stats.link_dropped += 1;
+            return;
+        }
+        // An unprotected error for our POST /r (RFC 8613 §8.2: the network could not
+        // verify it).
+        let Some(inf) = self.inflight.take() else {
+            return;
+        };
+        self.outbox.cancel(inf.mid);
+        self.ack_separate(now, msg);
+        self.stats.batches_refused += 1;
+        self.stats.entries_lost += inf.entries;
+        self.maybe_drop_previous();
+        let sent_under_current = self.current.as_ref().map(|c| c.epoch) == Some(inf.epoch);
+        if msg.code == Code::UNAUTHORIZED && sent_under_current {
+            // The network no longer knows the gateway's current context: re-authenticate.
+            // (A 4.01 for a request protected with a context replaced since then only
+            // loses that batch.)
+            self.link_lost(now);
+        }
+    }
+
+    fn try_send_batch(&mut self, now: Instant) {
+        if !self.can_send() {
+            return;
+        }
+        let Some(batch) = self.relay.take_batch(now, false) else {
+            return;
+        };
+        let entries = batch.entries.len() as u64;
+        let Ok(payload) = batch.encode() else {
+            self.stats.entries_lost += entries;
+            return;
+        };
+        let mid = self.mids.next_id();
+        let token = self.tokens.next_token();
+        let mut req = Message::new(MessageType::Con, Code::POST, mid, token.clone());
+        req.set_uri_path("r");
+        req.payload = payload;
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let epoch = cur.epoch;
+        let (outer, binding) = match cur.sc.protect_request(&req) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.entries_lost += entries;
+                if matches!(e, OscoreError::SsnExhausted) {
+                    // RFC 8613 §7.2.1: re-key by re-authenticating.
+                    self.link_lost(now);
+                }
+                return;
+            }
+        };
+        let Ok(bytes) = outer.encode() else {
+            self.stats.entries_lost += entries;
+            return;
+        };
+        let jitter: f64 = self.rng.gen();
+        self.outbox.send_con(now, bytes.clone(), mid, jitter);
+        self.inflight = Some(InFlight {
+            mid,
+            token,
+            epoch,
+            binding,
+            entries,
+            separate_deadline: None,
+        });
+        self.stats.batches_sent += 1;
+        self.transmits.push_back(Transmit::ToNetwork(bytes));
+    }
+}

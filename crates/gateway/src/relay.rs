@@ -1,0 +1,259 @@
+//! Device traffic (PROTOCOL.md §4): the handle table, per-device limits, batching of
+//! device→network entries and delivery of device-bound entries.
+//!
+//! The gateway is a transparent relay here: a device datagram becomes one `kind 0` entry
+//! byte for byte, a device-bound `kind 0` entry becomes one datagram byte for byte. This
+//! module names no key type at all (R3, checked by `tests/r3_no_device_keys.rs`): it sees
+//! CoAP messages whose EAP content carries no key in clear and whose OSCORE content it
+//! cannot read, and outcome entries that carry no key.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use capillary_relay::{Batch, Batcher, Entry, EntryKind, HandleTable, OutcomeResult, RelayError};
+
+use crate::types::{GatewayEvent, GatewayStats, Transmit};
+
+/// Where the relay puts its outputs.
+pub(crate) struct Sink<'a, A> {
+    pub(crate) transmits: &'a mut std::collections::VecDeque<Transmit<A>>,
+    pub(crate) events: &'a mut std::collections::VecDeque<GatewayEvent<A>>,
+    pub(crate) stats: &'a mut GatewayStats,
+}
+
+/// Limits of the relay.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RelayLimits {
+    pub(crate) max_devices: usize,
+    pub(crate) max_pending_per_device: usize,
+    pub(crate) idle: Duration,
+    pub(crate) refused_grace: Duration,
+}
+
+/// The device side of the gateway.
+#[derive(Debug)]
+pub(crate) struct DeviceRelay<A> {
+    handles: HandleTable<A>,
+    batcher: Batcher,
+    limits: RelayLimits,
+    /// Entries per handle waiting in the batcher.
+    pending: HashMap<u32, usize>,
+    /// Refused devices and when their handle is released.
+    release_at: HashMap<u32, Instant>,
+    /// `gone` entries not yet in the batcher (it was full).
+    gone_backlog: Vec<u32>,
+    /// Handles already reported `gone` in the batcher (no duplicates).
+    gone_queued: HashSet<u32>,
+}
+
+impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
+    pub(crate) fn new(batcher: Batcher, limits: RelayLimits) -> Self {
+        DeviceRelay {
+            handles: HandleTable::new(limits.max_devices),
+            batcher,
+            limits,
+            pending: HashMap::new(),
+            release_at: HashMap::new(),
+            gone_backlog: Vec::new(),
+            gone_queued: HashSet::new(),
+        }
+    }
+
+    /// Devices held.
+    pub(crate) fn devices(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The handle of a device, if held.
+    pub(crate) fn handle_of(&self, addr: &A) -> Option<u32> {
+        self.handles.get(addr)
+    }
+
+    /// Entries waiting for the link.
+    pub(crate) fn pending_entries(&self) -> usize {
+        self.batcher.len()
+    }
+
+    /// A datagram from a device: one `kind 0` entry, or dropped and counted.
+    pub(crate) fn device_datagram(
+        &mut self,
+        now: Instant,
+        from: A,
+        bytes: &[u8],
+        sink: Sink<'_, A>,
+    ) {
+        let entry_probe = Entry::coap(0, bytes.to_vec());
+        if entry_probe.validate().is_err() {
+            sink.stats.device_dropped_malformed += 1;
+            return;
+        }
+        let handle = match self.handles.get(&from) {
+            Some(h) => h,
+            None if self.handles.len() >= self.limits.max_devices => {
+                sink.stats.device_dropped_max_devices += 1;
+                return;
+            }
+            None => match self.handles.handle_for(&from, now) {
+                Ok(h) => h,
+                Err(_) => {
+                    sink.stats.device_dropped_max_devices += 1;
+                    return;
+                }
+            },
+        };
+        self.handles.touch(handle, now);
+        let waiting = self.pending.get(&handle).copied().unwrap_or(0);
+        if waiting >= self.limits.max_pending_per_device {
+            sink.stats.device_dropped_pending_limit += 1;
+            return;
+        }
+        let EntryKind::Coap(body) = entry_probe.kind else {
+            return;
+        };
+        match self.batcher.push(now, Entry::coap(handle, body)) {
+            Ok(()) => {
+                *self.pending.entry(handle).or_insert(0) += 1;
+            }
+            Err(RelayError::Full) => sink.stats.device_dropped_backpressure += 1,
+            Err(_) => sink.stats.device_dropped_malformed += 1,
+        }
+    }
+
+    /// The next batch for the link: due at `now` (window expired or full), or any waiting
+    /// entries when `force` (to ride on the answer to a network `POST /r`).
+    pub(crate) fn take_batch(&mut self, now: Instant, force: bool) -> Option<Batch> {
+        self.refill_gone(now);
+        let batch = if force {
+            self.batcher.flush()
+        } else {
+            self.batcher.poll_batch(now)
+        }?;
+        for e in &batch.entries {
+            match e.kind {
+                EntryKind::Coap(_) => {
+                    if let Some(n) = self.pending.get_mut(&e.handle) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.pending.remove(&e.handle);
+                        }
+                    }
+                }
+                EntryKind::Gone => {
+                    self.gone_queued.remove(&e.handle);
+                }
+                _ => {}
+            }
+        }
+        self.refill_gone(now);
+        Some(batch)
+    }
+
+    /// Device-bound entries from the network (a `2.04` batch or a network `POST /r`).
+    pub(crate) fn network_entries(&mut self, now: Instant, entries: Vec<Entry>, sink: Sink<'_, A>) {
+        for e in entries {
+            match e.kind {
+                EntryKind::Coap(bytes) => match self.handles.addr_of(e.handle).cloned() {
+                    Some(addr) => {
+                        self.handles.touch(e.handle, now);
+                        sink.transmits.push_back(Transmit::ToDevice(addr, bytes));
+                    }
+                    None => {
+                        // The network still talks to a device the gateway no longer holds:
+                        // tell it the device is gone (§4 kind 2).
+                        sink.stats.unknown_handle_entries += 1;
+                        self.queue_gone(now, e.handle);
+                    }
+                },
+                EntryKind::Outcome { result, .. } => {
+                    let Some(addr) = self.handles.addr_of(e.handle).cloned() else {
+                        sink.stats.unknown_handle_entries += 1;
+                        continue;
+                    };
+                    let authenticated = result == OutcomeResult::Authenticated;
+                    if authenticated {
+                        self.release_at.remove(&e.handle);
+                    } else {
+                        // Keep the handle for the EAP-Failure exchange, then release it.
+                        let at = now.checked_add(self.limits.refused_grace).unwrap_or(now);
+                        self.release_at.insert(e.handle, at);
+                    }
+                    sink.events.push_back(GatewayEvent::DeviceOutcome {
+                        addr,
+                        authenticated,
+                    });
+                }
+                // Gateway→network kinds and unknown kinds are skipped (§4).
+                _ => {}
+            }
+        }
+    }
+
+    /// Releases: refused devices after their grace period (no `gone`: the network refused
+    /// them itself), idle devices (`gone` + event).
+    pub(crate) fn handle_timeout(&mut self, now: Instant, sink: Sink<'_, A>) {
+        let due: Vec<u32> = self
+            .release_at
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in due {
+            self.release_at.remove(&h);
+            self.pending.remove(&h);
+            self.handles.release(h);
+        }
+        for (h, addr) in self.handles.expire(now, self.limits.idle) {
+            self.release_at.remove(&h);
+            self.pending.remove(&h);
+            sink.stats.devices_gone += 1;
+            self.queue_gone(now, h);
+            sink.events.push_back(GatewayEvent::DeviceGone { addr });
+        }
+    }
+
+    /// The next instant `handle_timeout` or `take_batch` has work; the batcher's deadline
+    /// counts only when a batch could be sent (`can_send`).
+    pub(crate) fn poll_timeout(&self, can_send: bool) -> Option<Instant> {
+        let batch = if can_send {
+            self.batcher.poll_timeout()
+        } else {
+            None
+        };
+        [
+            batch,
+            self.handles.next_expiry(self.limits.idle),
+            self.release_at.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn queue_gone(&mut self, now: Instant, handle: u32) {
+        if self.gone_queued.contains(&handle) || self.gone_backlog.contains(&handle) {
+            return;
+        }
+        match self.batcher.push(now, Entry::gone(handle)) {
+            Ok(()) => {
+                self.gone_queued.insert(handle);
+            }
+            // Bounded: the network cannot make the gateway hold more than one batch of these.
+            Err(_) if self.gone_backlog.len() < capillary_relay::batch::MAX_ENTRIES => {
+                self.gone_backlog.push(handle)
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn refill_gone(&mut self, now: Instant) {
+        while let Some(&h) = self.gone_backlog.first() {
+            if self.batcher.push(now, Entry::gone(h)).is_err() {
+                break;
+            }
+            self.gone_backlog.remove(0);
+            self.gone_queued.insert(h);
+        }
+    }
+}
