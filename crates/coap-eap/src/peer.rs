@@ -501,7 +501,10 @@ impl CoapEapPeer {
         self.next_path = None;
         self.deadline = None;
         self.expires_at = now.checked_add(lifetime);
-        self.reauth_at = now.checked_add(lifetime.saturating_sub(self.cfg.reauth_margin));
+        // Never closer to the end than half the lifetime: a short lifetime must not turn into
+        // an immediate re-authentication after every success.
+        let margin = self.cfg.reauth_margin.min(lifetime / 2);
+        self.reauth_at = now.checked_add(lifetime.saturating_sub(margin));
         self.events.push_back(PeerEvent::Authenticated {
             session_lifetime: lifetime,
             eap_success: eap,
