@@ -217,8 +217,10 @@ pub async fn run_demo(
         .context("provisioning")?;
 
     // The network side: RADIUS (unused here) and the gateway link, on free loopback ports.
-    let mut cfg = CoreConfig::default();
-    cfg.data_dir = Some(data_dir.clone());
+    let mut cfg = CoreConfig {
+        data_dir: Some(data_dir.clone()),
+        ..CoreConfig::default()
+    };
     cfg.radius.listen = "127.0.0.1:0".parse()?;
     cfg.link.listen = Some("127.0.0.1:0".parse()?);
     let core = capillary_network::run_with_store(cfg, store.clone()).await?;
