@@ -49,6 +49,9 @@ pub struct CoreConfig {
     pub hlr_auc_gw: HlrAucGwConfig,
     /// The gateway link (docs/PROTOCOL.md): CoAP-EAP and relayed devices from MTC gateways.
     pub link: LinkSection,
+    /// Northbound delivery to MTC servers (HTTP API, webhook, JSON lines, MQTT); off unless
+    /// configured.
+    pub northbound: crate::northbound::NorthboundConfig,
 }
 
 /// `[link]`: where MTC gateways reach the network side.
@@ -226,6 +229,21 @@ impl CoreConfig {
             return Err(ConfigError::Invalid {
                 field: "auc.ind",
                 problem: "must be below 2^ind_len = 32 (TS 33.102 Annex C.3.4)".into(),
+            });
+        }
+        self.northbound.validate().map_err(|e| match e {
+            crate::northbound::NorthboundError::Invalid { field, problem } => {
+                ConfigError::Invalid { field, problem }
+            }
+            other => ConfigError::Invalid {
+                field: "northbound",
+                problem: other.to_string(),
+            },
+        })?;
+        if self.northbound.is_enabled() && self.link.listen.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "northbound",
+                problem: "needs [link] listen (uplinks come from the gateway link)".into(),
             });
         }
         if self.radius.duplicate_window_secs == 0 || self.radius.session_timeout_secs == 0 {

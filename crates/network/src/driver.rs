@@ -33,6 +33,9 @@ pub enum NetworkError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A northbound sink could not start.
+    #[error(transparent)]
+    Northbound(#[from] crate::northbound::NorthboundError),
     /// The RADIUS client list is unusable.
     #[error("radius: {0}")]
     Radius(#[from] capillary_radius::RadiusError),
@@ -73,6 +76,9 @@ pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
         let _ = writeln!(out, "radius-listen={}", handle.local_addr);
         if let Some(link) = &handle.link {
             let _ = writeln!(out, "link-listen={}", link.local_addr);
+        }
+        if let Some(addr) = handle.northbound.as_ref().and_then(|n| n.http_addr()) {
+            let _ = writeln!(out, "northbound-http={addr}");
         }
         let _ = out.flush();
     }
@@ -125,6 +131,8 @@ pub struct CoreHandle {
     core: Arc<Core>,
     /// The gateway link, when `[link] listen` is set.
     pub link: Option<crate::link_driver::LinkHandle>,
+    /// Northbound delivery, when configured.
+    pub northbound: Option<crate::northbound::NorthboundHandle>,
 }
 
 impl CoreHandle {
@@ -134,7 +142,10 @@ impl CoreHandle {
     }
 
     /// Stops the receive loop and the housekeeping task; logs the counters.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        if let Some(nb) = self.northbound.take() {
+            nb.stop().await;
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -283,11 +294,16 @@ pub async fn run_with_store(
         tasks.push(task);
         link = Some(handle);
     }
+    let mut northbound = None;
+    if let (Some(l), true) = (&link, cfg.northbound.is_enabled()) {
+        northbound = Some(crate::northbound::spawn(cfg.northbound.clone(), l.clone()).await?);
+    }
     Ok(CoreHandle {
         local_addr,
         tasks,
         core,
         link,
+        northbound,
     })
 }
 

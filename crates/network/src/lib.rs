@@ -14,6 +14,7 @@ mod driver;
 pub mod hlr_auc_gw;
 pub mod link;
 pub mod link_driver;
+pub mod northbound;
 mod secret_file;
 
 pub use driver::{create_private_dir, run, run_with_store, CoreHandle, NetworkError};
