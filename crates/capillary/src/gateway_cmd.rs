@@ -18,7 +18,8 @@ pub struct GatewayArgs {
     /// The network side's gateway-link address (`[link] listen` of `capillary core`).
     #[arg(long, default_value = "127.0.0.1:5683")]
     pub network: SocketAddr,
-    /// Where devices reach the gateway.
+    /// Where devices reach the gateway (port 0: any free port). A fixed port still in use is
+    /// retried for a few seconds, so that a restarted gateway takes its port back.
     #[arg(long, default_value = "127.0.0.1:5684")]
     pub listen: SocketAddr,
     /// The gateway's own IMSI (a subscriber of kind gateway).
@@ -73,9 +74,11 @@ pub async fn spawn(
     let link = UdpSocket::bind(link_bind)
         .await
         .context("binding the gateway-link socket")?;
-    let capillary = UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("binding the capillary socket {listen}"))?;
+    let capillary = bind_capillary(listen).await?;
+    // An attach storm arrives as a burst on both sockets: large receive buffers keep it (the
+    // kernel caps the size at net.core.rmem_max).
+    let _ = socket2::SockRef::from(&link).set_recv_buffer_size(4 << 20);
+    let _ = socket2::SockRef::from(&capillary).set_recv_buffer_size(4 << 20);
     let capillary_addr = capillary.local_addr()?;
     let stats = Arc::new(Mutex::new(GatewayStats::default()));
     let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,6 +99,30 @@ pub async fn spawn(
         task,
     })
 }
+
+/// Binds the capillary socket. A fixed port that is still in use (a restarted gateway taking
+/// its port back) is retried for up to [`BIND_RETRY`].
+async fn bind_capillary(listen: SocketAddr) -> Result<UdpSocket> {
+    let until = Instant::now() + BIND_RETRY;
+    loop {
+        match UdpSocket::bind(listen).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && listen.port() != 0
+                    && Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("binding the capillary socket {listen}"))
+            }
+        }
+    }
+}
+
+/// How long [`spawn`] retries a capillary port that is in use.
+pub const BIND_RETRY: Duration = Duration::from_secs(5);
 
 async fn drive(
     mut gw: Gateway<SocketAddr>,

@@ -99,8 +99,18 @@ pub struct GatewayOptions {
     /// A refused device keeps its handle this long (so the EAP-Failure exchange can finish)
     /// before it is released. Default 60 s.
     pub refused_grace: Duration,
-    /// Gateway-link CoAP reliability (RFC 7252 §4.8). Default: RFC values.
+    /// Gateway-link CoAP reliability (RFC 7252 §4.8). Default: RFC values except NSTART 4
+    /// (§4.8 lets an application environment configure it; PROTOCOL.md §4): the gateway
+    /// keeps up to this many `POST /r` outstanding, so that a wave too large for one
+    /// datagram still costs one round trip.
     pub link: TransmissionParams,
+    /// Longest time a device→network entry waits for its batch to close (PROTOCOL.md §1).
+    /// A batch closes when no entry joined it for the batching window
+    /// ([`GatewayConfig::batcher`]`.window`, 20 ms), when it is full, or at the latest this
+    /// long after its first entry, so that a steady stream of entries cannot hold a batch
+    /// back forever. Keep it well below the devices' CoAP ACK_TIMEOUT (2 s, RFC 7252 §4.8).
+    /// Default 500 ms; never shorter than the window.
+    pub batch_max_delay: Duration,
     /// Time to wait for a separate response after an Empty ACK to `POST /r`. Default 60 s.
     pub separate_response_timeout: Duration,
     /// First back-off before re-authenticating after a failure or link loss. Default 1 s.
@@ -126,7 +136,11 @@ impl Default for GatewayOptions {
             max_pending_per_device: 8,
             device_idle_timeout: Duration::from_secs(3600),
             refused_grace: Duration::from_secs(60),
-            link: TransmissionParams::default(),
+            link: TransmissionParams {
+                nstart: 4,
+                ..TransmissionParams::default()
+            },
+            batch_max_delay: Duration::from_millis(500),
             separate_response_timeout: Duration::from_secs(60),
             retry_backoff_initial: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),

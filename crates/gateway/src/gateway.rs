@@ -28,6 +28,11 @@ use crate::types::{AuthFailure, GatewayEvent, GatewayStats, Transmit};
 /// Dedup key of separate responses (context generations count up from 0).
 const SEPARATE: u64 = u64::MAX;
 
+/// Largest batch payload the gateway sends: 64 KiB (PROTOCOL.md §4) less room for the CoAP
+/// header, token, options and OSCORE tag, so that the protected `POST /r` fits one UDP
+/// datagram (65,507 bytes over IPv4).
+const MAX_BATCH_PAYLOAD: usize = 60 * 1024;
+
 /// Token length of the gateway's `POST /r` (RFC 7252 §5.3.1).
 const TOKEN_LEN: usize = 8;
 
@@ -37,7 +42,8 @@ struct LinkContext {
     sc: SecurityContext,
 }
 
-/// The gateway's outstanding `POST /r` (NSTART 1, RFC 7252 §4.7).
+/// One of the gateway's outstanding `POST /r` (at most `GatewayOptions::link.nstart`,
+/// RFC 7252 §4.7).
 struct InFlight {
     mid: u16,
     token: Vec<u8>,
@@ -80,7 +86,9 @@ pub struct Gateway<A> {
     dedup: Dedup<u64>,
     mids: MessageIdAllocator,
     tokens: TokenAllocator,
-    inflight: Option<InFlight>,
+    inflight: Vec<InFlight>,
+    /// The outstanding `POST /r` exchanges already count as one round trip.
+    round_counted: bool,
     serving: Option<Serving>,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -147,7 +155,15 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             mid0,
             StdRng::seed_from_u64(rng.gen()),
         );
-        let batcher = match Batcher::new(cfg.batcher) {
+        // The configured window is the quiet gap that closes a batch, `batch_max_delay` the
+        // longest wait (relay::DeviceRelay::take_batch). A batch payload stays below 64 KiB
+        // by the room OSCORE and CoAP need, so the protected POST /r fits one UDP datagram.
+        let quiet = cfg.batcher.window;
+        let batcher_cfg = BatcherConfig {
+            max_bytes: cfg.batcher.max_bytes.min(MAX_BATCH_PAYLOAD),
+            ..cfg.batcher
+        };
+        let batcher = match Batcher::new(batcher_cfg) {
             Ok(b) => b,
             // Only for an invalid configuration, in which case the gateway stays inert.
             Err(_) => Batcher::new(BatcherConfig::default())
@@ -160,6 +176,9 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 max_pending_per_device: opts.max_pending_per_device.max(1),
                 idle: opts.device_idle_timeout,
                 refused_grace: opts.refused_grace,
+                quiet,
+                max_delay: opts.batch_max_delay.max(quiet),
+                max_ready: opts.link.nstart.max(1),
             },
         );
         Gateway {
@@ -181,7 +200,8 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             next_epoch: 0,
             authenticated: false,
             session_lifetime: None,
-            inflight: None,
+            inflight: Vec::new(),
+            round_counted: false,
             serving: None,
             retry_at: None,
             transmits: VecDeque::new(),
@@ -262,7 +282,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         [
             self.auth.poll_timeout(),
             self.outbox.poll_timeout(),
-            self.inflight.as_ref().and_then(|i| i.separate_deadline),
+            self.inflight
+                .iter()
+                .filter_map(|i| i.separate_deadline)
+                .min(),
             self.retry_at,
             self.relay.poll_timeout(self.can_send()),
         ]
@@ -286,7 +309,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                     self.transmits.push_back(Transmit::ToNetwork(bytes));
                 }
                 Retransmission::GaveUp { message_id } => {
-                    if self.inflight.as_ref().is_some_and(|i| i.mid == message_id) {
+                    if self.inflight.iter().any(|i| i.mid == message_id) {
                         self.link_lost(now);
                     }
                 }
@@ -294,9 +317,9 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         }
         if self
             .inflight
-            .as_ref()
-            .and_then(|i| i.separate_deadline)
-            .is_some_and(|t| t <= now)
+            .iter()
+            .filter_map(|i| i.separate_deadline)
+            .any(|t| t <= now)
         {
             self.link_lost(now);
         }
@@ -367,7 +390,20 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
     // ---- link internals ----
 
     fn can_send(&self) -> bool {
-        self.authenticated && self.current.is_some() && self.inflight.is_none()
+        self.authenticated
+            && self.current.is_some()
+            && self.inflight.len() < self.opts.link.nstart.max(1)
+    }
+
+    /// One of our `POST /r` completed (already removed from `inflight`). Exchanges that
+    /// overlap in time count as one round trip: the first to complete counts it, the others
+    /// outstanding with it add no waiting.
+    fn own_exchange_done(&mut self) {
+        self.stats.link_exchanges += 1;
+        if !self.round_counted {
+            self.stats.link_round_trips += 1;
+        }
+        self.round_counted = !self.inflight.is_empty();
     }
 
     fn send(&mut self, m: &Message) -> Option<Vec<u8>> {
@@ -454,9 +490,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
 
     /// Forget the link state (contexts, outstanding batch).
     fn drop_link(&mut self, _now: Instant) {
-        if let Some(inf) = self.inflight.take() {
+        for inf in self.inflight.drain(..) {
             self.stats.entries_lost += inf.entries;
         }
+        self.round_counted = false;
         self.outbox = Outbox::new(self.opts.link);
         self.pending_ctx = None;
         self.current = None;
@@ -496,17 +533,14 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             return;
         }
         let prev = self.previous.as_ref().map(|c| c.epoch);
-        if self.inflight.as_ref().map(|i| i.epoch) != prev || prev.is_none() {
+        if prev.is_none() || !self.inflight.iter().any(|i| Some(i.epoch) == prev) {
             self.previous = None;
             self.drop_previous = false;
         }
     }
 
     fn on_empty(&mut self, now: Instant, msg: &Message) {
-        let ours = self
-            .inflight
-            .as_ref()
-            .is_some_and(|i| i.mid == msg.message_id);
+        let ours = self.inflight.iter().any(|i| i.mid == msg.message_id);
         match msg.ty {
             MessageType::Ack if ours => {
                 // Empty ACK: the network answers separately (RFC 7252 §5.2.2).
@@ -514,7 +548,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 let deadline = now
                     .checked_add(self.opts.separate_response_timeout)
                     .unwrap_or(now);
-                if let Some(i) = self.inflight.as_mut() {
+                if let Some(i) = self.inflight.iter_mut().find(|i| i.mid == msg.message_id) {
                     i.separate_deadline.get_or_insert(deadline);
                 }
             }
@@ -603,7 +637,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
     }
 
     /// A network-initiated `POST /r` (PROTOCOL.md §4): deliver its entries, answer 2.04
-    /// with whatever device→network entries wait (possibly none).
+    /// with the device→network entries that are due (possibly none).
     fn serve_relay(&mut self, now: Instant, epoch: u64, inner: &Message, binding: &RequestBinding) {
         let decoded = if inner.payload.is_empty() {
             Ok(DecodedBatch {
@@ -616,7 +650,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         let (code, payload) = match decoded {
             Ok(d) => {
                 self.relay.network_entries(now, d.entries, sink!(self));
-                let payload = match self.relay.take_batch(now, true) {
+                let payload = match self.relay.take_batch(now) {
                     Some(b) => match b.encode() {
                         Ok(p) => p,
                         Err(_) => {
@@ -634,7 +668,12 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             ),
         };
         if self.respond_protected(epoch, inner, binding, code, payload) {
-            self.stats.link_round_trips += 1;
+            // While our own POST /r is outstanding this exchange overlaps it: no extra
+            // round trip (ours counts when it completes).
+            self.stats.link_exchanges += 1;
+            if self.inflight.is_empty() {
+                self.stats.link_round_trips += 1;
+            }
         }
     }
 
@@ -664,8 +703,8 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         }
     }
 
-    fn matches_inflight(&self, msg: &Message) -> bool {
-        self.inflight.as_ref().is_some_and(|i| {
+    fn matches_inflight(&self, msg: &Message) -> Option<usize> {
+        self.inflight.iter().position(|i| {
             msg.token == i.token && (msg.ty != MessageType::Ack || msg.message_id == i.mid)
         })
     }
@@ -684,7 +723,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
     }
 
     fn on_protected_response(&mut self, now: Instant, msg: &Message) {
-        if !self.matches_inflight(msg) {
+        let Some(idx) = self.matches_inflight(msg) else {
             // A late or duplicated separate response: ACK it, nothing else.
             if msg.ty == MessageType::Con
                 && matches!(
@@ -698,14 +737,9 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 self.stats.link_dropped += 1;
             }
             return;
-        }
-        let Some(epoch) = self.inflight.as_ref().map(|i| i.epoch) else {
-            return;
         };
-        let mut binding = match self.inflight.as_ref() {
-            Some(i) => i.binding.clone(),
-            None => return,
-        };
+        let epoch = self.inflight[idx].epoch;
+        let mut binding = self.inflight[idx].binding.clone();
         let inner = match self.ctx_mut(epoch) {
             Some(c) => c.unprotect_response(msg, &mut binding),
             None => Err(OscoreError::UnknownKid),
@@ -714,12 +748,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             self.stats.link_dropped += 1;
             return;
         };
-        let Some(inf) = self.inflight.take() else {
-            return;
-        };
+        let inf = self.inflight.remove(idx);
         self.outbox.cancel(inf.mid);
         self.ack_separate(now, msg);
-        self.stats.link_round_trips += 1;
+        self.own_exchange_done();
         self.current_verified(epoch);
         self.maybe_drop_previous();
         if inner.code != Code::CHANGED {
@@ -737,15 +769,16 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
     }
 
     fn on_plain_response(&mut self, now: Instant, msg: &Message) {
-        if !self.matches_inflight(msg) {
+        let Some(idx) = self.matches_inflight(msg) else {
             self.stats.link_dropped += 1;
             return;
-        }
+        };
         // An unprotected error for our POST /r (RFC 8613 §8.2: the network could not
         // verify it).
-        let Some(inf) = self.inflight.take() else {
-            return;
-        };
+        let inf = self.inflight.remove(idx);
+        if self.inflight.is_empty() {
+            self.round_counted = false;
+        }
         self.outbox.cancel(inf.mid);
         self.ack_separate(now, msg);
         self.stats.batches_refused += 1;
@@ -760,17 +793,23 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         }
     }
 
+    /// Sends every due batch the link takes (up to NSTART outstanding `POST /r`).
     fn try_send_batch(&mut self, now: Instant) {
-        if !self.can_send() {
-            return;
+        while self.can_send() {
+            if !self.send_one_batch(now) {
+                return;
+            }
         }
-        let Some(batch) = self.relay.take_batch(now, false) else {
-            return;
+    }
+
+    fn send_one_batch(&mut self, now: Instant) -> bool {
+        let Some(batch) = self.relay.take_batch(now) else {
+            return false;
         };
         let entries = batch.entries.len() as u64;
         let Ok(payload) = batch.encode() else {
             self.stats.entries_lost += entries;
-            return;
+            return true;
         };
         let mid = self.mids.next_id();
         let token = self.tokens.next_token();
@@ -778,7 +817,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         req.set_uri_path("r");
         req.payload = payload;
         let Some(cur) = self.current.as_mut() else {
-            return;
+            return false;
         };
         let epoch = cur.epoch;
         let (outer, binding) = match cur.sc.protect_request(&req) {
@@ -789,16 +828,19 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                     // RFC 8613 §7.2.1: re-key by re-authenticating.
                     self.link_lost(now);
                 }
-                return;
+                return false;
             }
         };
         let Ok(bytes) = outer.encode() else {
             self.stats.entries_lost += entries;
-            return;
+            return true;
         };
         let jitter: f64 = self.rng.gen();
         self.outbox.send_con(now, bytes.clone(), mid, jitter);
-        self.inflight = Some(InFlight {
+        if self.inflight.is_empty() {
+            self.round_counted = false;
+        }
+        self.inflight.push(InFlight {
             mid,
             token,
             epoch,
@@ -808,5 +850,6 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         });
         self.stats.batches_sent += 1;
         self.transmits.push_back(Transmit::ToNetwork(bytes));
+        true
     }
 }

@@ -8,9 +8,13 @@
 //!   lifetime ends, keeping the old context until the new one has verified a message (§3.3);
 //! - relays device datagrams **transparently**: each becomes a `kind 0` entry of a batch,
 //!   byte for byte, and device-bound `kind 0` entries go out byte for byte (§4);
-//! - batches device→network entries for a window (default 20 ms) into ONE OSCORE-protected
-//!   CON `POST /r`, retransmitted per RFC 7252 §4.2; answers network-initiated `POST /r`
-//!   with 2.04 carrying the entries waiting, answering retransmissions from a cache;
+//! - batches device→network entries into OSCORE-protected CON `POST /r` (§4.1): a batch
+//!   closes after a quiet gap of the window (default 20 ms), when full, or 500 ms after its
+//!   first entry; a wave too large for one datagram goes as several batches released
+//!   together (up to NSTART = 4 outstanding), so an attach storm costs the same number of
+//!   round trips for any number of devices; retransmitted per RFC 7252 §4.2; answers
+//!   network-initiated `POST /r` with 2.04 carrying the entries that are due, answering
+//!   retransmissions from a cache;
 //! - reports per-device outcomes (`kind 1`), releases refused devices after a grace period,
 //!   sends `gone` (`kind 2`) for idle devices, enforces device and per-device limits;
 //! - on link loss (no answer after all retransmissions) reports [`GatewayEvent::LinkLost`]

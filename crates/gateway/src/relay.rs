@@ -7,7 +7,7 @@
 //! CoAP messages whose EAP content carries no key in clear and whose OSCORE content it
 //! cannot read, and outcome entries that carry no key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -30,6 +30,13 @@ pub(crate) struct RelayLimits {
     pub(crate) max_pending_per_device: usize,
     pub(crate) idle: Duration,
     pub(crate) refused_grace: Duration,
+    /// A batch closes once no entry joined it for this long (PROTOCOL.md §1: the batching
+    /// window, [`capillary_relay::BatcherConfig::window`], default 20 ms).
+    pub(crate) quiet: Duration,
+    /// A batch is sent at the latest this long after its first entry.
+    pub(crate) max_delay: Duration,
+    /// Full batches held back while a wave is still arriving.
+    pub(crate) max_ready: usize,
 }
 
 /// The device side of the gateway.
@@ -46,6 +53,14 @@ pub(crate) struct DeviceRelay<A> {
     gone_backlog: Vec<u32>,
     /// Handles already reported `gone` in the batcher (no duplicates).
     gone_queued: HashSet<u32>,
+    /// Full batches cut from the batcher, waiting with the open one for the release.
+    ready: VecDeque<Batch>,
+    /// When the first of the waiting entries arrived (`None` when none wait).
+    first_push: Option<Instant>,
+    /// When the last entry joined the waiting entries (`None` when none wait).
+    last_push: Option<Instant>,
+    /// The waiting entries are due: every batch goes as soon as the link takes it.
+    releasing: bool,
 }
 
 impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
@@ -58,6 +73,10 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
             release_at: HashMap::new(),
             gone_backlog: Vec::new(),
             gone_queued: HashSet::new(),
+            ready: VecDeque::new(),
+            first_push: None,
+            last_push: None,
+            releasing: false,
         }
     }
 
@@ -73,7 +92,30 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
 
     /// Entries waiting for the link.
     pub(crate) fn pending_entries(&self) -> usize {
-        self.batcher.len()
+        self.batcher.len() + self.ready.iter().map(|b| b.entries.len()).sum::<usize>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batcher.is_empty() && self.ready.is_empty()
+    }
+
+    /// Adds an entry; a batch that is full moves to `ready` (up to `max_ready` of them).
+    fn push(&mut self, now: Instant, entry: Entry) -> Result<(), RelayError> {
+        let r = match self.batcher.push(now, entry.clone()) {
+            Err(RelayError::Full) if self.ready.len() < self.limits.max_ready => {
+                // Full implies a sealed batch: the batcher hands it out first.
+                if let Some(b) = self.batcher.flush() {
+                    self.ready.push_back(b);
+                }
+                self.batcher.push(now, entry)
+            }
+            r => r,
+        };
+        if r.is_ok() {
+            self.first_push.get_or_insert(now);
+            self.last_push = Some(now);
+        }
+        r
     }
 
     /// A datagram from a device: one `kind 0` entry, or dropped and counted.
@@ -112,7 +154,7 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         let EntryKind::Coap(body) = entry_probe.kind else {
             return;
         };
-        match self.batcher.push(now, Entry::coap(handle, body)) {
+        match self.push(now, Entry::coap(handle, body)) {
             Ok(()) => {
                 *self.pending.entry(handle).or_insert(0) += 1;
             }
@@ -121,15 +163,39 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         }
     }
 
-    /// The next batch for the link: due at `now` (window expired or full), or any waiting
-    /// entries when `force` (to ride on the answer to a network `POST /r`).
-    pub(crate) fn take_batch(&mut self, now: Instant, force: bool) -> Option<Batch> {
+    /// The next batch for the link (a `POST /r` of the gateway, or the answer to a network
+    /// `POST /r`), if the waiting entries are due. They become due together (`releasing`)
+    /// when no entry joined them for the quiet window, when the first one has waited
+    /// `max_delay`, or when `max_ready` full batches wait; then every batch goes as soon as
+    /// the link takes it (several `POST /r` may be outstanding, PROTOCOL.md §4).
+    ///
+    /// Closing on a quiet gap instead of a fixed time after the first entry is what keeps
+    /// an attach storm at one round trip per protocol step whatever the number of devices:
+    /// the answers of N devices to one wave trickle in over a time that grows with N (their
+    /// own processing, the capillary link), and a fixed window would cut them into ever more
+    /// batches, each a sequential gateway-link round trip (docs/PERFORMANCE.md).
+    ///
+    /// An answer to a network `POST /r` carries only due entries too: taking the entries of
+    /// a wave still arriving would cut it, and the network's answer to that slice would come
+    /// in a network `POST /r`, whose answer would carry the next slice, and so on — one
+    /// round trip per slice.
+    pub(crate) fn take_batch(&mut self, now: Instant) -> Option<Batch> {
         self.refill_gone(now);
-        let batch = if force {
-            self.batcher.flush()
-        } else {
-            self.batcher.poll_batch(now)
-        }?;
+        if self.is_empty() {
+            self.releasing = false;
+            return None;
+        }
+        if !(self.releasing || self.due_at().is_some_and(|t| now >= t)) {
+            return None;
+        }
+        self.releasing = true;
+        let batch = self.ready.pop_front().or_else(|| self.batcher.flush());
+        if self.is_empty() {
+            self.releasing = false;
+            self.first_push = None;
+            self.last_push = None;
+        }
+        let batch = batch?;
         for e in &batch.entries {
             match e.kind {
                 EntryKind::Coap(_) => {
@@ -161,9 +227,11 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
                     }
                     None => {
                         // The network still talks to a device the gateway no longer holds:
-                        // tell it the device is gone (§4 kind 2).
+                        // tell it the device is gone (§4 kind 2), on the answer to this
+                        // batch when it is a network `POST /r`.
                         sink.stats.unknown_handle_entries += 1;
                         self.queue_gone(now, e.handle);
+                        self.releasing = true;
                     }
                 },
                 EntryKind::Outcome { result, .. } => {
@@ -216,11 +284,7 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
     /// The next instant `handle_timeout` or `take_batch` has work; the batcher's deadline
     /// counts only when a batch could be sent (`can_send`).
     pub(crate) fn poll_timeout(&self, can_send: bool) -> Option<Instant> {
-        let batch = if can_send {
-            self.batcher.poll_timeout()
-        } else {
-            None
-        };
+        let batch = if can_send { self.due_at() } else { None };
         [
             batch,
             self.handles.next_expiry(self.limits.idle),
@@ -231,11 +295,28 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         .min()
     }
 
+    /// When the waiting entries are due: at once while releasing or when `max_ready` full
+    /// batches wait, else the earlier of the quiet gap and the longest delay.
+    fn due_at(&self) -> Option<Instant> {
+        if self.is_empty() {
+            return None;
+        }
+        let first = self.first_push?;
+        if self.releasing || self.ready.len() >= self.limits.max_ready {
+            return Some(first);
+        }
+        let quiet = self
+            .last_push
+            .and_then(|t| t.checked_add(self.limits.quiet));
+        let latest = first.checked_add(self.limits.max_delay);
+        [quiet, latest].into_iter().flatten().min()
+    }
+
     fn queue_gone(&mut self, now: Instant, handle: u32) {
         if self.gone_queued.contains(&handle) || self.gone_backlog.contains(&handle) {
             return;
         }
-        match self.batcher.push(now, Entry::gone(handle)) {
+        match self.push(now, Entry::gone(handle)) {
             Ok(()) => {
                 self.gone_queued.insert(handle);
             }
@@ -249,7 +330,7 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
 
     fn refill_gone(&mut self, now: Instant) {
         while let Some(&h) = self.gone_backlog.first() {
-            if self.batcher.push(now, Entry::gone(h)).is_err() {
+            if self.push(now, Entry::gone(h)).is_err() {
                 break;
             }
             self.gone_backlog.remove(0);

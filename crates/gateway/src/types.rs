@@ -79,8 +79,13 @@ pub struct GatewayStats {
     pub link_bytes_in: u64,
     /// Bytes sent to the network.
     pub link_bytes_out: u64,
-    /// Completed `POST /r` exchanges (request and its response), whichever side started it.
+    /// Gateway-link round trips: completed `POST /r` exchanges (request and its response),
+    /// whichever side started it, where exchanges that overlap in time count once (a
+    /// `POST /r` outstanding together with another one, or a network `POST /r` answered
+    /// while one of ours is outstanding, adds no waiting). See also `link_exchanges`.
     pub link_round_trips: u64,
+    /// Completed `POST /r` exchanges, each one counted.
+    pub link_exchanges: u64,
     /// `POST /r` sent by the gateway (first transmissions).
     pub batches_sent: u64,
     /// Retransmissions of the gateway's `POST /r` (RFC 7252 §4.2).

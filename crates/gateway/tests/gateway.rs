@@ -65,7 +65,7 @@ fn datagrams_within_the_window_go_up_as_one_batch_and_answers_reach_the_right_de
 }
 
 #[test]
-fn network_post_is_delivered_once_and_answered_with_waiting_entries() {
+fn network_post_is_delivered_once_and_answered_with_due_entries() {
     let mut w = World::authenticated(3);
     let up = device_msg(1, b"hello");
     w.device_sends(7, &up);
@@ -73,7 +73,9 @@ fn network_post_is_delivered_once_and_answered_with_waiting_entries() {
     assert_eq!(w.net.batches_in.len(), 1);
     let h = w.gw.handle_of(&7).unwrap();
 
-    // A device datagram waiting in the window when the network's POST /r arrives.
+    // A device datagram still in its batching window when the network's POST /r arrives:
+    // it is not due yet, so it does not ride on the answer (that would cut a wave of
+    // device messages still arriving, PROTOCOL.md §1).
     let waiting = device_msg(2, b"waiting");
     w.device_sends(7, &waiting);
     // The gateway's first 2.04 is lost: the network retransmits its POST.
@@ -90,15 +92,52 @@ fn network_post_is_delivered_once_and_answered_with_waiting_entries() {
         .count();
     assert_eq!(deliveries, 1, "not re-delivered to the device");
     assert_eq!(w.net.answers_in.len(), 1);
+    assert!(w.net.answers_in[0].entries.is_empty(), "nothing was due");
+    // The waiting entry went up once the window closed, in the gateway's own POST /r.
+    assert_eq!(w.net.batches_in.len(), 2);
     assert_eq!(
-        w.net.answers_in[0].entries,
-        vec![Entry::coap(h, waiting.clone())],
-        "the 2.04 carried the waiting entry"
+        w.net.batches_in[1].entries,
+        vec![Entry::coap(h, waiting.clone())]
     );
-    // And it is not sent again in a POST of the gateway.
-    w.run_for(Duration::from_millis(50));
-    assert_eq!(w.net.batches_in.len(), 1);
-    assert_eq!(w.gw.stats().link_round_trips, 2);
+    assert_eq!(w.gw.stats().link_round_trips, 3);
+    assert_eq!(w.gw.stats().link_exchanges, 3);
+}
+
+/// Entries due while the gateway's own POST /r exchanges fill NSTART ride on the answer
+/// to a network POST /r.
+#[test]
+fn due_entries_ride_on_the_answer_to_a_network_post() {
+    let opts = GatewayOptions {
+        link: capillary_coap::reliability::TransmissionParams {
+            nstart: 1,
+            ..Default::default()
+        },
+        ..GatewayOptions::default()
+    };
+    let mut w = World::with(9, gateway_config(), opts, 3600);
+    w.start_auth();
+    // The answer to the first POST /r is lost: it stays outstanding.
+    w.drop.push(w.link_log.len() + 1);
+    w.device_sends(7, &device_msg(1, b"first"));
+    w.run_for(Duration::from_millis(25));
+    assert_eq!(
+        w.net.batches_in.len(),
+        1,
+        "the first POST /r is outstanding"
+    );
+    let second = device_msg(2, b"second");
+    w.device_sends(7, &second);
+    w.run_for(Duration::from_millis(25));
+    assert_eq!(w.net.batches_in.len(), 1, "NSTART 1: the second waits");
+    let h = w.gw.handle_of(&7).unwrap();
+    w.net.post_batch(w.now, Vec::new());
+    w.pump();
+    assert_eq!(w.net.answers_in.len(), 1);
+    assert_eq!(w.net.answers_in[0].entries, vec![Entry::coap(h, second)]);
+    // It overlapped the outstanding POST /r: one more exchange, no extra round trip.
+    let s = w.gw.stats();
+    assert_eq!(s.link_exchanges, 1);
+    assert_eq!(s.link_round_trips, 0);
 }
 
 #[test]

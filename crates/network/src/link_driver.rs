@@ -104,6 +104,9 @@ pub async fn spawn(
     auc: Auc,
 ) -> std::io::Result<(LinkHandle, tokio::task::JoinHandle<()>)> {
     let sock = UdpSocket::bind(listen).await?;
+    // A wave of gateway batches arrives as a burst: a large receive buffer keeps it (the
+    // kernel caps the size at net.core.rmem_max).
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
     let local_addr = sock.local_addr()?;
     let (uplinks, _) = broadcast::channel(4096);
     let (commands, rx) = mpsc::channel(1024);
@@ -150,7 +153,14 @@ async fn drive(
             .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) => ep.handle_datagram(Instant::now(), from, &buf[..n]),
+                Ok((n, from)) => {
+                    ep.handle_datagram(Instant::now(), from, &buf[..n]);
+                    // Take everything already queued before polling events, so that the
+                    // batches of one wave share their store round trips.
+                    while let Ok((n, from)) = sock.try_recv_from(&mut buf) {
+                        ep.handle_datagram(Instant::now(), from, &buf[..n]);
+                    }
+                }
                 Err(e) => debug!(error = %e, "gateway link receive failed"),
             },
             c = commands.recv() => match c {

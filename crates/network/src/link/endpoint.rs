@@ -45,6 +45,8 @@ struct Gateway {
     out_requests: HashMap<u16, (Vec<u8>, RequestBinding)>,
     /// Device-bound entries waiting for a batch.
     pending: Vec<Entry>,
+    /// When the oldest of `pending` started waiting (for [`LinkConfig::batch_window`]).
+    pending_since: Option<Instant>,
     /// Requests from this gateway whose response waits for the driver.
     held: usize,
 }
@@ -79,7 +81,8 @@ enum TicketKind {
 
 #[derive(Debug)]
 struct Ticket {
-    batch: Option<u64>,
+    /// The held batches whose response waits for this ticket.
+    batches: Vec<u64>,
     kind: TicketKind,
 }
 
@@ -98,12 +101,24 @@ struct Held {
     deadline: Instant,
 }
 
-/// Store requests collected while processing one datagram.
+/// Store requests collected while processing inputs.
 #[derive(Debug, Default)]
 struct Acc {
     vectors: Vec<(Imsi, SubscriberKind, Owner)>,
     authz: Vec<((Imsi, Imsi), AuthzItem)>,
     resyncs: Vec<(Owner, Imsi, Rand, Auts)>,
+}
+
+impl Acc {
+    fn is_empty(&self) -> bool {
+        self.vectors.is_empty() && self.authz.is_empty() && self.resyncs.is_empty()
+    }
+
+    fn append(&mut self, mut other: Acc) {
+        self.vectors.append(&mut other.vectors);
+        self.authz.append(&mut other.authz);
+        self.resyncs.append(&mut other.resyncs);
+    }
 }
 
 fn count<K: Ord>(map: &mut std::collections::BTreeMap<K, u64>, k: K) {
@@ -122,6 +137,11 @@ pub struct LinkEndpoint {
     next_ticket: u64,
     held: HashMap<u64, Held>,
     next_batch: u64,
+    /// Store requests not yet handed to the driver: everything processed between two
+    /// [`LinkEndpoint::poll_event`] calls shares one store round trip per kind.
+    store_acc: Acc,
+    /// Held batches waiting for `store_acc`.
+    store_batches: Vec<u64>,
     gw_dedup: Dedup<SocketAddr>,
     dev_dedup: Dedup<DevKey>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -149,6 +169,8 @@ impl LinkEndpoint {
             next_ticket: 1,
             held: HashMap::new(),
             next_batch: 1,
+            store_acc: Acc::default(),
+            store_batches: Vec::new(),
             gw_dedup,
             dev_dedup,
             transmits: VecDeque::new(),
@@ -183,8 +205,15 @@ impl LinkEndpoint {
         self.transmits.pop_front()
     }
 
-    /// The next output event.
+    /// The next output event. Store requests ([`LinkEvent::NeedVectors`],
+    /// [`LinkEvent::Authorize`], [`LinkEvent::NeedResync`]) are built here from everything
+    /// processed since the previous call: a driver that hands over every datagram already
+    /// received before polling events gets ONE store round trip per kind for all of them
+    /// (e.g. the several batches of one attach wave too large for one datagram).
     pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        if self.events.is_empty() {
+            self.emit_stored();
+        }
         self.events.pop_front()
     }
 
@@ -219,7 +248,15 @@ impl LinkEndpoint {
             .values()
             .flat_map(|s| [s.auth.poll_timeout(), s.downlink.outbox.poll_timeout()]);
         let held = self.held.values().map(|h| Some(h.deadline));
+        let window = self.cfg.batch_window;
+        let batches = self.gateways.values().map(|g| {
+            if g.pending.is_empty() || g.held > 0 || !g.outbox.can_send() {
+                return None;
+            }
+            g.pending_since.and_then(|t| t.checked_add(window))
+        });
         gws.chain(devs)
+            .chain(batches)
             .chain(held)
             .chain([self.gw_dedup.poll_timeout(), self.dev_dedup.poll_timeout()])
             .flatten()
@@ -278,6 +315,16 @@ impl LinkEndpoint {
             }
             for b in relay {
                 self.push_entry(key, b);
+            }
+            // An authenticator retransmission whose previous copy still waits for a batch
+            // to the gateway is not queued twice: the link itself is reliable, only the
+            // capillary hop can lose it (docs/PERFORMANCE.md).
+            if let Some(gw) = self.gateways.get(&key.0) {
+                p.out.retain(|b| {
+                    !gw.pending.iter().any(|e| {
+                        e.handle == key.1 && matches!(&e.kind, EntryKind::Coap(x) if x == b)
+                    })
+                });
             }
             if let Some(device) = self.device_imsi(key) {
                 for _ in 0..failed {
@@ -371,7 +418,7 @@ impl LinkEndpoint {
             }
         }
         self.emit_tickets(acc, None);
-        self.ticket_done(t.batch);
+        self.ticket_done(&t.batches);
         self.flush(now);
         Ok(())
     }
@@ -394,7 +441,7 @@ impl LinkEndpoint {
             });
         }
         let Some(Ticket {
-            batch,
+            batches,
             kind: TicketKind::Authorize(items),
         }) = self.tickets.remove(&ticket)
         else {
@@ -423,7 +470,7 @@ impl LinkEndpoint {
             }
         }
         self.emit_tickets(acc, None);
-        self.ticket_done(batch);
+        self.ticket_done(&batches);
         self.flush(now);
         Ok(())
     }
@@ -477,7 +524,7 @@ impl LinkEndpoint {
                     count(&mut self.stats.dropped, DropCause::Limit);
                     return;
                 }
-                let session = Session::new(&self.cfg, &mut self.rng);
+                let session = Session::new(&self.cfg, &mut self.rng, false);
                 let mid: u16 = self.rng.gen();
                 let gw = Gateway {
                     session,
@@ -486,6 +533,7 @@ impl LinkEndpoint {
                     outbox: Outbox::new(self.cfg.transmission),
                     out_requests: HashMap::new(),
                     pending: Vec::new(),
+                    pending_since: None,
                     held: 0,
                 };
                 self.gateways.insert(from, gw);
@@ -739,40 +787,42 @@ impl LinkEndpoint {
                 _ => {}
             }
         }
-        let batch = self.next_batch;
-        self.next_batch += 1;
-        let n = self.emit_tickets(acc, Some(batch));
-        if n == 0 {
+        if acc.is_empty() {
             if let Some(r) = respond {
                 self.respond_batch(from, r);
             }
             return;
         }
+        let batch = self.next_batch;
+        self.next_batch += 1;
         if let Some(gw) = self.gateways.get_mut(&from) {
             gw.held += 1;
         }
+        // `outstanding` counts the tickets once they are built (emit_stored).
         self.held.insert(
             batch,
             Held {
                 gateway: from,
                 respond,
-                outstanding: n,
+                outstanding: 0,
                 deadline: now.checked_add(self.cfg.response_hold).unwrap_or(now),
             },
         );
+        self.emit_tickets(acc, Some(batch));
     }
 
-    fn ticket_done(&mut self, batch: Option<u64>) {
-        let Some(id) = batch else { return };
-        let done = match self.held.get_mut(&id) {
-            Some(h) => {
-                h.outstanding = h.outstanding.saturating_sub(1);
-                h.outstanding == 0
+    fn ticket_done(&mut self, batches: &[u64]) {
+        for &id in batches {
+            let done = match self.held.get_mut(&id) {
+                Some(h) => {
+                    h.outstanding = h.outstanding.saturating_sub(1);
+                    h.outstanding == 0
+                }
+                None => false,
+            };
+            if done {
+                self.finish_held(id);
             }
-            None => false,
-        };
-        if done {
-            self.finish_held(id);
         }
     }
 
@@ -809,6 +859,9 @@ impl LinkEndpoint {
             return;
         };
         let entries = Self::take_entries(&mut gw.pending, self.cfg.max_batch_entries);
+        if gw.pending.is_empty() {
+            gw.pending_since = None;
+        }
         let n = entries.len() as u64;
         let Ok(payload) = Batch::new(entries).encode() else {
             return;
@@ -819,18 +872,31 @@ impl LinkEndpoint {
         self.gw_respond(from, r, Code::CHANGED, payload);
     }
 
-    /// Sends network-initiated `POST /r` batches where entries wait, no response is held and
-    /// no earlier request is outstanding (NSTART 1, RFC 7252 §4.7).
+    /// Sends network-initiated `POST /r` batches where entries have waited
+    /// [`LinkConfig::batch_window`] (so that output produced in one burst, and entries a
+    /// response could not carry, travel together or on the next response), no response is
+    /// held (it will carry them) and no earlier request is outstanding (NSTART 1,
+    /// RFC 7252 §4.7).
     fn flush(&mut self, now: Instant) {
         let max = self.cfg.max_batch_entries;
+        let window = self.cfg.batch_window;
         for (addr, gw) in self.gateways.iter_mut() {
-            if gw.pending.is_empty() || gw.held > 0 || !gw.outbox.can_send() {
+            if gw.pending.is_empty() {
+                gw.pending_since = None;
+                continue;
+            }
+            let since = *gw.pending_since.get_or_insert(now);
+            let due = since.checked_add(window).is_none_or(|t| now >= t);
+            if !due || gw.held > 0 || !gw.outbox.can_send() {
                 continue;
             }
             let Some(keys) = gw.session.keys.as_mut() else {
                 continue;
             };
             let entries = Self::take_entries(&mut gw.pending, max);
+            if gw.pending.is_empty() {
+                gw.pending_since = None;
+            }
             let n = entries.len() as u64;
             let Ok(payload) = Batch::new(entries).encode() else {
                 continue;
@@ -885,7 +951,7 @@ impl LinkEndpoint {
                 }
                 return;
             }
-            let s = Session::new(&self.cfg, &mut self.rng);
+            let s = Session::new(&self.cfg, &mut self.rng, true);
             self.devices.insert(key, s);
         }
         let mut p = Pumped::default();
@@ -1289,9 +1355,26 @@ impl LinkEndpoint {
         }
     }
 
-    /// Turns the collected needs into ONE NeedVectors, ONE Authorize and one NeedResync
-    /// per resynchronisation; returns how many tickets were issued.
-    fn emit_tickets(&mut self, acc: Acc, batch: Option<u64>) -> usize {
+    /// Queues store needs for the next [`Self::poll_event`]; `batch` is a held batch whose
+    /// response waits for them.
+    fn emit_tickets(&mut self, acc: Acc, batch: Option<u64>) {
+        if acc.is_empty() {
+            return;
+        }
+        self.store_acc.append(acc);
+        if let Some(b) = batch {
+            self.store_batches.push(b);
+        }
+    }
+
+    /// Turns the queued needs into ONE NeedVectors, ONE Authorize and one NeedResync per
+    /// resynchronisation; every held batch that contributed waits for all of them.
+    fn emit_stored(&mut self) {
+        let acc = std::mem::take(&mut self.store_acc);
+        let batches = std::mem::take(&mut self.store_batches);
+        if acc.is_empty() {
+            return;
+        }
         let mut n = 0;
         if !acc.vectors.is_empty() {
             let ticket = self.ticket();
@@ -1299,7 +1382,7 @@ impl LinkEndpoint {
             self.tickets.insert(
                 ticket,
                 Ticket {
-                    batch,
+                    batches: batches.clone(),
                     kind: TicketKind::Vectors(owners),
                 },
             );
@@ -1313,7 +1396,7 @@ impl LinkEndpoint {
             self.tickets.insert(
                 ticket,
                 Ticket {
-                    batch,
+                    batches: batches.clone(),
                     kind: TicketKind::Authorize(items),
                 },
             );
@@ -1326,7 +1409,7 @@ impl LinkEndpoint {
             self.tickets.insert(
                 ticket,
                 Ticket {
-                    batch,
+                    batches: batches.clone(),
                     kind: TicketKind::Resync(owner),
                 },
             );
@@ -1338,8 +1421,12 @@ impl LinkEndpoint {
             });
             n += 1;
         }
+        for b in &batches {
+            if let Some(h) = self.held.get_mut(b) {
+                h.outstanding += n;
+            }
+        }
         self.stats.store_round_trips += n as u64;
-        n
     }
 
     fn ticket(&mut self) -> u64 {

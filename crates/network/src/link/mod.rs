@@ -13,13 +13,16 @@
 //! - **Batches** (§4): OSCORE-protected (RFC 8613) `POST /r` from an authenticated gateway.
 //!   Every `kind 0` entry goes to the device session of `(gateway, handle)`: one
 //!   [`capillary_coap_eap::CoapEapAuthenticator`] and one [`capillary_eap::EapAkaServer`] per
-//!   device. The store needs of one batch become ONE [`LinkEvent::NeedVectors`] (kind
+//!   device. The store needs of one batch — and of every batch received before the driver
+//!   next polls [`LinkEndpoint::poll_event`] — become ONE [`LinkEvent::NeedVectors`] (kind
 //!   `Device`) and ONE [`LinkEvent::Authorize`] (all `(device, gateway)` pairs, §6); the
 //!   sessions continue only once the driver answered, and the request is then answered with
 //!   ONE `2.04` carrying a batch of the device-bound entries (plus `kind 1` outcomes, no keys).
 //! - Device-bound messages produced later (the per-device authenticators' retransmissions,
-//!   downlink, answers that arrive after the response) leave in a network-initiated
-//!   OSCORE-protected CON `POST /r`, retransmitted with [`capillary_coap::reliability::Outbox`];
+//!   downlink, answers that arrive after the response, entries a full response could not
+//!   carry) wait [`LinkConfig::batch_window`] for a response to ride on, then leave in one
+//!   network-initiated OSCORE-protected CON `POST /r`, retransmitted with
+//!   [`capillary_coap::reliability::Outbox`];
 //!   incoming requests are deduplicated with [`capillary_coap::reliability::Dedup`] and
 //!   duplicates get the cached response, never a second processing.
 //! - **Devices** after authentication: an OSCORE context from their MSK (RFC 9820 §6.2);
@@ -72,6 +75,19 @@ pub struct LinkConfig {
     pub cipher_suites: Vec<CipherSuite>,
     /// Timers of the network-initiated `POST /r` (RFC 7252 §4.8) and of downlink requests.
     pub transmission: TransmissionParams,
+    /// How long device-bound output waits for a network-initiated `POST /r` (PROTOCOL.md
+    /// §4): output produced in one burst travels together, and entries a response could
+    /// not carry (64 KiB) wait for the response to the gateway's next batch, which is
+    /// usually already on its way. Default 20 ms, like the gateway's window.
+    pub batch_window: Duration,
+    /// Initial retransmission timeout (RFC 7252 §4.8 ACK_TIMEOUT) of the CoAP-EAP requests
+    /// sent to relayed devices. Their path includes the gateway's batching (up to its
+    /// longest batch delay) and, in an attach storm, the other devices' processing, so the
+    /// RFC's 2 s would retransmit requests that are not lost but still on their way (each
+    /// retransmission is one more entry, and possibly one more round trip, on the gateway
+    /// link). The gateway link itself is reliable; these timers only cover the capillary
+    /// hop. Default 3 s (RFC 7252 §4.8 lets an application environment choose it).
+    pub relayed_ack_timeout: Duration,
     /// Longest time a `POST /r` waits for the driver's answers before its `2.04` is sent
     /// with what is ready (the rest follows in a network-initiated batch). Keep it below the
     /// gateway's ACK_TIMEOUT.
@@ -95,6 +111,8 @@ impl Default for LinkConfig {
             rid_c: Vec::new(),
             cipher_suites: vec![CipherSuite::DEFAULT],
             transmission: TransmissionParams::default(),
+            batch_window: Duration::from_millis(20),
+            relayed_ack_timeout: Duration::from_secs(3),
             response_hold: Duration::from_secs(1),
             max_gateways: 1024,
             max_devices: 100_000,

@@ -119,9 +119,14 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: &LinkConfig, rng: &mut StdRng) -> Self {
+    /// A session for a gateway (direct) or a device (`relayed`: its CoAP-EAP requests
+    /// use [`LinkConfig::relayed_ack_timeout`]).
+    pub fn new(cfg: &LinkConfig, rng: &mut StdRng, relayed: bool) -> Self {
         let mid: u16 = rng.gen();
         let mut acfg = AuthenticatorConfig::new(cfg.rid_c.clone(), mid, rng.gen());
+        if relayed {
+            acfg.ack_timeout = cfg.relayed_ack_timeout;
+        }
         acfg.cipher_suites = cfg.cipher_suites.clone();
         acfg.session_lifetime = Duration::from_secs(u64::from(cfg.session_lifetime_secs));
         Self {
