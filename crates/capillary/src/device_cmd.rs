@@ -7,11 +7,12 @@
 //! [`Device::start`] until it is authenticated and its uplinks are acknowledged. An attempt
 //! ends as *lost* when the authentication fails ([`DeviceEvent::Failed`]), the session ends
 //! ([`DeviceEvent::SessionExpired`], an uplink not delivered) or nothing progresses for
-//! `--stall` seconds (the gateway went away mid-exchange: the device's own timers of
-//! RFC 9820 wait up to a minute). The device then waits 1 s, 2 s, 4 s, 8 s, 8 s, ... (minus up
-//! to a quarter of jitter, so that a population does not retry in lockstep) and starts again
-//! with a fresh state machine, until the overall `--timeout`. Each device is counted once, by
-//! its final outcome.
+//! `--stall` seconds (nothing received from the gateway, and no uplink acknowledged: the
+//! gateway went away mid-exchange, and the device's own timers of RFC 9820 wait up to a
+//! minute). The device then waits 1 s, 2 s, 4 s, 8 s, 8 s, ... (minus up to a quarter of
+//! jitter, so that a population does not retry in lockstep; back to 1 s after an attempt that
+//! authenticated) and starts again with a fresh state machine, until the overall `--timeout`.
+//! Each device is counted once, by its final outcome.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,9 @@ use tracing::Instrument;
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between retries.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// With retries: an attempt that has heard nothing at all from the gateway for this long (the
+/// trigger was lost) is lost, even when `--stall` is longer.
+pub const FIRST_ANSWER_STALL: Duration = Duration::from_secs(2);
 
 /// Options of `capillary device`.
 #[derive(Debug, clap::Args)]
@@ -66,7 +70,8 @@ pub struct DeviceArgs {
     /// Do not retry: a device whose authentication fails stays failed.
     #[arg(long)]
     pub no_retry: bool,
-    /// With retries: seconds without progress after which an attempt counts as lost.
+    /// With retries: seconds without progress (nothing received, no uplink acknowledged)
+    /// after which an attempt counts as lost; at most 2 s before the first answer.
     #[arg(long, default_value_t = 5)]
     pub stall: u64,
 }
@@ -325,8 +330,12 @@ async fn drive(job: Job, mut link: Link) -> Vec<Vec<u8>> {
     loop {
         link.c.attempts.fetch_add(1, Ordering::Relaxed);
         let dev = Device::new(job.cfg.clone(), mix(job.opts.seed, job.index, attempt));
-        let end = attempt_once(&job, &mut link, dev, &mut prog).await;
+        let (end, authenticated) = attempt_once(&job, &mut link, dev, &mut prog).await;
         attempt += 1;
+        if authenticated {
+            // The backoff starts again after an attempt that got through.
+            backoff = BACKOFF_MIN;
+        }
         match end {
             AttemptEnd::Done | AttemptEnd::Deadline => break,
             AttemptEnd::Lost => {
@@ -381,6 +390,8 @@ struct Attempt<'a> {
     authenticated: bool,
     lost: bool,
     progress_at: tokio::time::Instant,
+    /// Something came from the gateway during this attempt.
+    heard: bool,
 }
 
 impl Attempt<'_> {
@@ -453,7 +464,7 @@ async fn attempt_once(
     link: &mut Link,
     mut dev: Device,
     prog: &mut Progress,
-) -> AttemptEnd {
+) -> (AttemptEnd, bool) {
     let mut buf = vec![0u8; 2048];
     let mut a = Attempt {
         job,
@@ -462,6 +473,7 @@ async fn attempt_once(
         authenticated: false,
         lost: false,
         progress_at: tokio::time::Instant::now(),
+        heard: false,
     };
     dev.start(Instant::now());
     loop {
@@ -484,20 +496,28 @@ async fn attempt_once(
                 dev.handle_datagram(Instant::now(), &buf[..n]);
                 link.send_all(&mut dev).await;
             }
-            return if a.lost {
+            let end = if a.lost {
                 AttemptEnd::Lost
             } else {
                 AttemptEnd::Done
             };
+            return (end, a.authenticated);
         }
         let now = tokio::time::Instant::now();
         if now >= job.deadline {
-            return AttemptEnd::Deadline;
+            return (AttemptEnd::Deadline, a.authenticated);
         }
-        let stall_at = a.progress_at + job.opts.stall;
+        // Until the first answer, a shorter wait: a trigger lost on the way would otherwise
+        // be repeated only after RFC 9820's trigger interval (10 s in capillary-device).
+        let stall = if a.heard {
+            job.opts.stall
+        } else {
+            job.opts.stall.min(FIRST_ANSWER_STALL)
+        };
+        let stall_at = a.progress_at + stall;
         if job.opts.retry && now >= stall_at {
             tracing::debug!(imsi = %job.cfg.imsi, "no progress: attempt lost");
-            return AttemptEnd::Lost;
+            return (AttemptEnd::Lost, a.authenticated);
         }
         let mut wake = dev
             .poll_timeout()
@@ -509,9 +529,10 @@ async fn attempt_once(
         }
         tokio::select! {
             n = link.recv(&mut buf) => {
-                if !a.authenticated {
-                    a.progress_at = tokio::time::Instant::now();
-                }
+                // Anything from the gateway is progress: a retransmitted request of the
+                // network means that the path works and the exchange goes on.
+                a.progress_at = tokio::time::Instant::now();
+                a.heard = true;
                 dev.handle_datagram(Instant::now(), &buf[..n]);
             }
             _ = tokio::time::sleep_until(wake) => dev.handle_timeout(Instant::now()),
