@@ -36,6 +36,13 @@ const MAX_BATCH_PAYLOAD: usize = 60 * 1024;
 /// Token length of the gateway's `POST /r` (RFC 7252 §5.3.1).
 const TOKEN_LEN: usize = 8;
 
+/// Unprotected 4.01 responses for this many different `POST /r` exchanges (sent under the
+/// current context, within MAX_TRANSMIT_SPAN of each other, with no authenticated message
+/// in between) make the link count as lost (PROTOCOL.md §4 "Errors"). One unprotected
+/// 4.01 is not enough: anyone who sees the Message ID and token can forge it (RFC 8613
+/// §8.2 error responses are not protected).
+const UNAUTHORIZED_QUORUM: usize = 3;
+
 /// One gateway-link OSCORE context and its generation number.
 struct LinkContext {
     epoch: u64,
@@ -89,6 +96,10 @@ pub struct Gateway<A> {
     inflight: Vec<InFlight>,
     /// The outstanding `POST /r` exchanges already count as one round trip.
     round_counted: bool,
+    /// Message IDs of our `POST /r` (current context) answered with an unprotected 4.01,
+    /// and when, since the last authenticated message: evidence that the network forgot
+    /// the gateway, acted on at [`UNAUTHORIZED_QUORUM`] different exchanges.
+    unauthorized: Vec<(u16, Instant)>,
     serving: Option<Serving>,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -202,6 +213,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             session_lifetime: None,
             inflight: Vec::new(),
             round_counted: false,
+            unauthorized: Vec::new(),
             serving: None,
             retry_at: None,
             transmits: VecDeque::new(),
@@ -463,6 +475,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                         self.current = Some(new);
                     }
                     self.authenticated = self.current.is_some();
+                    self.unauthorized.clear();
                     self.session_lifetime = Some(lifetime);
                     self.backoff = self.opts.retry_backoff_initial;
                     self.retry_at = None;
@@ -494,6 +507,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             self.stats.entries_lost += inf.entries;
         }
         self.round_counted = false;
+        self.unauthorized.clear();
         self.outbox = Outbox::new(self.opts.link);
         self.pending_ctx = None;
         self.current = None;
@@ -520,10 +534,15 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             .min(self.opts.retry_backoff_max);
     }
 
-    /// The current context verified a link message: the previous one can go (§3.3).
+    /// A link message verified under `epoch`. If that is the current context, the network
+    /// holds it: the previous context can go (§3.3) and unprotected 4.01s seen so far are
+    /// refuted (PROTOCOL.md §4 "Errors").
     fn current_verified(&mut self, epoch: u64) {
-        if self.current.as_ref().is_some_and(|c| c.epoch == epoch) && self.previous.is_some() {
-            self.drop_previous = true;
+        if self.current.as_ref().is_some_and(|c| c.epoch == epoch) {
+            self.unauthorized.clear();
+            if self.previous.is_some() {
+                self.drop_previous = true;
+            }
         }
         self.maybe_drop_previous();
     }
@@ -768,27 +787,60 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         }
     }
 
+    /// An unprotected response to one of our `POST /r` (RFC 8613 §8.2 error). It is not
+    /// authenticated: anyone who sees the Message ID and token can forge one, so it does
+    /// not end an exchange sent under the current context (PROTOCOL.md §4 "Errors"):
+    ///
+    /// - 4.00, 4.02 (and any other code): ignored; the request is retransmitted (the same
+    ///   protected bytes: if the network never verified them they are still new to its
+    ///   replay window, RFC 8613 §7.4) until an authenticated answer or the normal give-up
+    ///   (RFC 7252 §4.2), which counts as link loss.
+    /// - 4.01 ("security context not found"): the network may have forgotten the gateway.
+    ///   The link counts as lost once 4.01s arrived for [`UNAUTHORIZED_QUORUM`] different
+    ///   exchanges within MAX_TRANSMIT_SPAN with no authenticated message in between, or at
+    ///   the normal give-up.
+    ///
+    /// A request protected with a context replaced since (re-keying, §3.3) is the
+    /// exception: the network drops that context once the new one is confirmed, so the
+    /// error is what it answers and retransmitting cannot succeed. That exchange ends and
+    /// only its batch is lost (the devices' end-to-end timers resend), without re-keying.
     fn on_plain_response(&mut self, now: Instant, msg: &Message) {
         let Some(idx) = self.matches_inflight(msg) else {
             self.stats.link_dropped += 1;
             return;
         };
-        // An unprotected error for our POST /r (RFC 8613 §8.2: the network could not
-        // verify it).
-        let inf = self.inflight.remove(idx);
-        if self.inflight.is_empty() {
-            self.round_counted = false;
-        }
-        self.outbox.cancel(inf.mid);
         self.ack_separate(now, msg);
-        self.stats.batches_refused += 1;
-        self.stats.entries_lost += inf.entries;
-        self.maybe_drop_previous();
-        let sent_under_current = self.current.as_ref().map(|c| c.epoch) == Some(inf.epoch);
-        if msg.code == Code::UNAUTHORIZED && sent_under_current {
-            // The network no longer knows the gateway's current context: re-authenticate.
-            // (A 4.01 for a request protected with a context replaced since then only
-            // loses that batch.)
+        let (mid, epoch) = (self.inflight[idx].mid, self.inflight[idx].epoch);
+        if self.current.as_ref().map(|c| c.epoch) != Some(epoch) {
+            let inf = self.inflight.remove(idx);
+            if self.inflight.is_empty() {
+                self.round_counted = false;
+            }
+            self.outbox.cancel(inf.mid);
+            self.stats.batches_refused += 1;
+            self.stats.entries_lost += inf.entries;
+            self.maybe_drop_previous();
+            return;
+        }
+        self.stats.link_unprotected_errors += 1;
+        if msg.code != Code::UNAUTHORIZED {
+            return;
+        }
+        let span = self.opts.link.max_transmit_span();
+        self.unauthorized
+            .retain(|(_, t)| now.saturating_duration_since(*t) < span);
+        if !self.unauthorized.iter().any(|(m, _)| *m == mid) {
+            self.unauthorized.push((mid, now));
+        }
+        if self.unauthorized.len() >= UNAUTHORIZED_QUORUM {
+            // Corroborated: the network no longer knows the current context. The exchanges
+            // it refused end here; drop_link counts their entries as lost.
+            let refused = self
+                .inflight
+                .iter()
+                .filter(|i| self.unauthorized.iter().any(|(m, _)| *m == i.mid))
+                .count();
+            self.stats.batches_refused += refused as u64;
             self.link_lost(now);
         }
     }

@@ -96,6 +96,10 @@ pub struct GatewayStats {
     pub link_dropped: u64,
     /// `POST /r` of the gateway answered with an error code (the batch is lost).
     pub batches_refused: u64,
+    /// Unprotected error responses to the gateway's protected `POST /r` that did not end
+    /// the exchange: they are unauthenticated (RFC 8613 §8.2), so the request is kept and
+    /// retransmitted (PROTOCOL.md §4 "Errors").
+    pub link_unprotected_errors: u64,
     /// Device→network entries lost because the link was lost while they were in flight.
     pub entries_lost: u64,
     /// Device datagrams dropped because they are not a CoAP message of at most 1,152 bytes.

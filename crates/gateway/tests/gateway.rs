@@ -490,16 +490,160 @@ fn an_attach_storm_costs_the_same_round_trips_for_any_number_of_devices() {
     }
 }
 
+/// What an on-path attacker who sees the gateway's `POST /r` (Message ID, token) can
+/// forge: an unprotected OSCORE error response to it (RFC 8613 §8.2).
+fn forged_error(post: &[u8], code: capillary_coap::Code) -> Vec<u8> {
+    let req = capillary_coap::Message::parse(post).unwrap();
+    let mut r = capillary_coap::Message::response_to(&req, code, 0x1234);
+    r.add_option(capillary_coap::msg::option_number::MAX_AGE, Vec::new());
+    r.payload = b"Decryption failed".to_vec();
+    r.encode().unwrap()
+}
+
+/// Sends one device datagram as a batch whose first transmission is lost on the way to
+/// the network; returns the protected `POST /r` as sent.
+fn batch_lost_on_the_way(w: &mut World, device: u32, m: &[u8]) -> Vec<u8> {
+    let base = w.link_log.len();
+    let retransmissions = w.gw.stats().link_retransmissions;
+    w.drop.push(base);
+    w.device_sends(device, m);
+    w.run_for(Duration::from_millis(25));
+    let (to_net, post) = w.link_log[base].clone();
+    assert!(to_net);
+    assert_eq!(
+        w.gw.stats().link_retransmissions,
+        retransmissions,
+        "not retransmitted yet"
+    );
+    post
+}
+
+#[test]
+fn a_forged_unprotected_4_00_does_not_cancel_the_batch() {
+    for code in [
+        capillary_coap::Code::BAD_REQUEST,
+        capillary_coap::Code::BAD_OPTION,
+    ] {
+        let mut w = World::authenticated(18);
+        let m = device_msg(1, b"keep me");
+        let post = batch_lost_on_the_way(&mut w, 1, &m);
+        w.gw.handle_network_datagram(w.now, &forged_error(&post, code));
+        w.pump();
+        let s = w.gw.stats();
+        assert_eq!(s.link_unprotected_errors, 1);
+        assert_eq!(s.batches_refused, 0, "{code:?}");
+        assert_eq!(s.entries_lost, 0, "{code:?}");
+        // Retransmitted (the same protected bytes, new to the network) and answered.
+        w.run_for(Duration::from_secs(5));
+        let s = w.gw.stats();
+        assert_eq!(s.link_retransmissions, 1);
+        assert_eq!(w.net.batches_in.len(), 1);
+        assert_eq!(w.to_devices, vec![(1, m)], "{code:?}");
+        assert_eq!(s.link_round_trips, 1);
+        assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 0);
+        assert_eq!(w.net.authenticated, 1, "no re-authentication");
+        assert!(w.gw.is_authenticated());
+    }
+}
+
+#[test]
+fn a_forged_unprotected_4_00_before_the_real_answer_is_harmless() {
+    // The network processed the batch; its 2.04 is lost and the attacker's 4.00 arrives:
+    // the retransmission is answered from the network's cache.
+    let mut w = World::authenticated(19);
+    let base = w.link_log.len();
+    w.drop = vec![base + 1];
+    let m = device_msg(1, b"processed once");
+    w.device_sends(1, &m);
+    w.run_for(Duration::from_millis(25));
+    assert_eq!(w.net.batches_in.len(), 1);
+    let post = w.link_log[base].1.clone();
+    w.gw.handle_network_datagram(
+        w.now,
+        &forged_error(&post, capillary_coap::Code::BAD_REQUEST),
+    );
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.net.batches_in.len(), 1, "processed once");
+    assert_eq!(w.net.duplicates, 1);
+    assert_eq!(w.to_devices, vec![(1, m)]);
+    assert_eq!(w.gw.stats().entries_lost, 0);
+}
+
+#[test]
+fn a_single_forged_unprotected_4_01_does_not_force_reauthentication() {
+    let mut w = World::authenticated(20);
+    let m = device_msg(1, b"still mine");
+    let post = batch_lost_on_the_way(&mut w, 1, &m);
+    w.gw.handle_network_datagram(
+        w.now,
+        &forged_error(&post, capillary_coap::Code::UNAUTHORIZED),
+    );
+    w.pump();
+    assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 0);
+    assert!(w.gw.is_authenticated());
+    w.run_for(Duration::from_secs(5));
+    let s = w.gw.stats();
+    assert_eq!(s.entries_lost, 0);
+    assert_eq!(s.batches_refused, 0);
+    assert_eq!(w.to_devices, vec![(1, m)]);
+    // Later batches: the authenticated 2.04 refuted the forged 4.01, so two more forged
+    // ones (for two different exchanges) do not add up to a link loss either.
+    for d in 2..4u32 {
+        let m = device_msg(d as u16, b"later");
+        let post = batch_lost_on_the_way(&mut w, d, &m);
+        w.gw.handle_network_datagram(
+            w.now,
+            &forged_error(&post, capillary_coap::Code::UNAUTHORIZED),
+        );
+        w.run_for(Duration::from_secs(5));
+        assert!(w.to_devices.contains(&(d, m)));
+    }
+    assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 0);
+    assert_eq!(w.count_events(|e| *e == GatewayEvent::Authenticated), 1);
+    assert_eq!(w.net.authenticated, 1, "never re-authenticated");
+    assert_eq!(w.gw.stats().entries_lost, 0);
+}
+
 #[test]
 fn a_network_that_forgot_the_gateway_answers_4_01_and_the_gateway_reauthenticates() {
     let mut w = World::authenticated(17);
     w.net.forget_gateway();
-    w.device_sends(1, &device_msg(1, b"lost"));
-    w.run_for(Duration::from_millis(25));
+    // Three batches (a quiet gap closes each, NSTART 4): three different exchanges
+    // answered 4.01 corroborate each other.
+    for d in 1..=3u32 {
+        assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 0, "{d}");
+        w.device_sends(d, &device_msg(d as u16, b"lost"));
+        w.run_for(Duration::from_millis(25));
+    }
     assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 1);
-    assert_eq!(w.gw.stats().batches_refused, 1);
+    assert_eq!(w.gw.stats().batches_refused, 3);
+    assert_eq!(w.gw.stats().entries_lost, 3);
     w.run_for(Duration::from_secs(5));
     assert!(w.gw.is_authenticated(), "{:?}", w.events);
+    let m = device_msg(9, b"again");
+    w.device_sends(1, &m);
+    w.run_for(Duration::from_millis(25));
+    assert!(w.to_devices.contains(&(1, m)));
+}
+
+#[test]
+fn one_batch_answered_4_01_by_a_network_that_forgot_the_gateway_ends_at_give_up() {
+    let mut w = World::authenticated(21);
+    w.net.forget_gateway();
+    w.device_sends(1, &device_msg(1, b"lost"));
+    w.run_for(Duration::from_millis(25));
+    // Every retransmission of the one exchange is answered 4.01: not corroboration.
+    w.run_for(Duration::from_secs(40));
+    assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 0);
+    assert_eq!(w.gw.stats().link_retransmissions, 4);
+    assert_eq!(w.gw.stats().link_unprotected_errors, 5);
+    // The normal give-up (RFC 7252 §4.2) is.
+    w.run_for(Duration::from_secs(60));
+    assert_eq!(w.count_events(|e| *e == GatewayEvent::LinkLost), 1);
+    assert_eq!(w.gw.stats().entries_lost, 1);
+    w.run_for(Duration::from_secs(10));
+    assert!(w.gw.is_authenticated(), "{:?}", w.events);
+    assert_eq!(w.net.authenticated, 2);
     let m = device_msg(2, b"again");
     w.device_sends(1, &m);
     w.run_for(Duration::from_millis(25));

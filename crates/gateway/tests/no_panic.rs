@@ -101,9 +101,10 @@ proptest! {
         w.device_sends(3, &m);
         // `feed` threw away what the gateway sent: a batch in flight is retransmitted.
         w.run_for(Duration::from_secs(10));
-        // Garbage from the network without the OSCORE context cannot stop the relay,
-        // except a forged unprotected 4.01 for the batch in flight, which cannot match
-        // an 8-byte token by chance.
+        // Garbage from the network without the OSCORE context cannot stop the relay: an
+        // unprotected error for the batch in flight (which would have to match its 8-byte
+        // token) does not end it either, and it takes 4.01s for 3 different exchanges to
+        // count as link loss (PROTOCOL.md §4 "Errors").
         prop_assert!(w.to_devices.contains(&(3, m)));
     }
 }

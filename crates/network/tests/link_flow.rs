@@ -431,3 +431,159 @@ fn gateway_reauthentication_rekeys_the_link() {
         .iter()
         .any(|e| matches!(e, LinkEvent::Uplink { payload, .. } if payload == b"after rekey")));
 }
+
+/// Takes the OSCORE-protected responses a device queued (its key-confirmation 2.04 to the
+/// EAP-Success, RFC 9820 §3.3, or answers to downlinks) out of its queue before the gateway
+/// relays them; returns how many.
+fn take_protected_responses(w: &mut World, handle: u32) -> usize {
+    let d = w.device(handle);
+    let before = d.out.len();
+    d.out.retain(|b| {
+        let m = capillary_coap::Message::parse(b).unwrap();
+        !(m.has_option(capillary_coap::msg::option_number::OSCORE) && m.code.is_response())
+    });
+    before - d.out.len()
+}
+
+/// [`World::run_until`], counting (in `seen`) every protected response device `handle`
+/// sends and losing the first `lose` of them on the capillary link.
+fn run_losing_protected_responses(
+    w: &mut World,
+    handle: u32,
+    limit: Duration,
+    lose: &mut usize,
+    seen: &mut usize,
+    done: impl Fn(&World) -> bool,
+) {
+    let end = w.now + limit;
+    loop {
+        for _ in 0..100_000 {
+            let n = take_protected_responses(w, handle);
+            if n > 0 {
+                *seen += n;
+                // Put back what is not lost.
+                let keep = n.saturating_sub(*lose);
+                *lose = lose.saturating_sub(n);
+                assert_eq!(keep, 0, "this helper only loses, it does not replay");
+            }
+            if !w.step() {
+                break;
+            }
+        }
+        if done(w) || w.now >= end {
+            return;
+        }
+        let mut next = w.net.poll_timeout();
+        for t in std::iter::once(w.gw.peer.coap.poll_timeout())
+            .chain(w.devices.iter().map(|(_, d)| d.coap.poll_timeout()))
+            .flatten()
+        {
+            next = Some(next.map_or(t, |n: std::time::Instant| n.min(t)));
+        }
+        let Some(t) = next else { return };
+        w.now = w.now.max(t).min(end);
+        let now = w.now;
+        w.net.handle_timeout(now);
+        w.gw.peer.coap.handle_timeout(now);
+        w.gw.peer.drain(now);
+        for (_, d) in w.devices.iter_mut() {
+            d.coap.handle_timeout(now);
+            d.drain(now);
+        }
+    }
+}
+
+#[test]
+fn uplink_under_the_new_context_confirms_keys_when_the_key_confirmation_is_lost() {
+    let mut w = authenticated_world(1, 14);
+    let dev = Imsi::new(&imsi(1)).unwrap();
+    w.start_devices();
+    let (mut lose, mut seen) = (1, 0);
+    run_losing_protected_responses(
+        &mut w,
+        1,
+        Duration::from_secs(60),
+        &mut lose,
+        &mut seen,
+        |w| w.devices[0].1.authenticated,
+    );
+    assert!(w.devices[0].1.authenticated, "the device got EAP-Success");
+    assert_eq!((lose, seen), (0, 1), "its protected 2.04 was lost");
+    assert!(!w.net.is_device_authenticated(&dev), "not confirmed yet");
+    let device_auths = |w: &World| {
+        w.log
+            .iter()
+            .filter(|e| {
+                matches!(e, LinkEvent::Authenticated { kind: SubscriberKind::Device, imsi, .. }
+                    if *imsi == dev)
+            })
+            .count()
+    };
+    let authenticated_outcomes = |w: &World| {
+        w.gw.outcomes
+            .iter()
+            .filter(|(h, r)| *h == 1 && *r == OutcomeResult::Authenticated)
+            .count()
+    };
+    assert_eq!(device_auths(&w), 0);
+    let stats_before = w.net.stats();
+
+    // The device's first uplink under the new context, at once.
+    let t0 = w.now;
+    w.device(1).send_uplink(b"first reading");
+    run_losing_protected_responses(
+        &mut w,
+        1,
+        Duration::from_secs(10),
+        &mut lose,
+        &mut seen,
+        |w| !w.devices[0].1.uplink_acks.is_empty(),
+    );
+    assert_eq!(
+        w.devices[0].1.uplink_acks,
+        vec![(
+            w.devices[0].1.uplink_acks[0].0,
+            capillary_coap::Code::CHANGED
+        )]
+    );
+    // Delivered without waiting for the EAP-Success retransmission (relayed ACK_TIMEOUT
+    // 3 s): the device never had to answer it again.
+    assert!(w.now - t0 < Duration::from_secs(1), "{:?}", w.now - t0);
+    assert_eq!(seen, 1, "no EAP-Success retransmission reached the device");
+    assert!(w.log.iter().any(|e| matches!(e,
+        LinkEvent::Uplink { device, payload } if *device == dev && payload == b"first reading")));
+    assert!(w.net.is_device_authenticated(&dev));
+    assert_eq!(device_auths(&w), 1);
+    assert_eq!(authenticated_outcomes(&w), 1);
+    let s = w.net.stats();
+    assert_eq!(s.authenticated, stats_before.authenticated + 1);
+    assert_eq!(
+        s.dropped.get(&DropCause::NoContext),
+        stats_before.dropped.get(&DropCause::NoContext)
+    );
+
+    // The EAP-Success retransmission was stopped: nothing more happens, the device is
+    // counted authenticated exactly once and keeps working.
+    run_losing_protected_responses(
+        &mut w,
+        1,
+        Duration::from_secs(60),
+        &mut lose,
+        &mut seen,
+        |_| false,
+    );
+    assert_eq!(seen, 1, "no EAP-Success retransmission");
+    assert_eq!(device_auths(&w), 1);
+    assert_eq!(authenticated_outcomes(&w), 1);
+    assert_eq!(w.net.stats().authenticated, stats_before.authenticated + 1);
+    assert!(!w.log.iter().any(|e| matches!(e, LinkEvent::Failed { .. })));
+    w.device(1).send_uplink(b"second reading");
+    w.run_until(Duration::from_secs(10), |w| {
+        w.devices[0].1.uplink_acks.len() == 2
+    });
+    assert_eq!(w.devices[0].1.uplink_acks.len(), 2);
+    assert_eq!(
+        w.devices[0].1.uplink_acks[1].1,
+        capillary_coap::Code::CHANGED
+    );
+}

@@ -981,10 +981,29 @@ impl LinkEndpoint {
         acc: &mut Acc,
     ) {
         let mid = msg.message_id;
-        let res = match self.devices.get_mut(&key).and_then(|s| s.keys.as_mut()) {
-            Some(k) => k.ctx.unprotect_request(msg),
-            None => Err(OscoreError::UnknownKid),
+        let (res, by_new_keys) = match self.devices.get_mut(&key) {
+            Some(s) => Self::unprotect_device_request(s, msg),
+            None => (Err(OscoreError::UnknownKid), false),
         };
+        if by_new_keys && res.is_ok() {
+            // The device's 2.04 to the EAP-Success was lost, yet it already uses the new
+            // context: this request proves key possession (RFC 9820 §3.3). Confirm the run
+            // as the 2.04 would have, then serve the request under the confirmed keys.
+            let mut p = Pumped::default();
+            let mut confirmed = false;
+            if let Some(s) = self.devices.get_mut(&key) {
+                s.confirm_by_request(now);
+                s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                confirmed = s.new_keys.is_none() && s.keys.is_some();
+            }
+            self.route_device(key, p, acc);
+            if !confirmed {
+                // No EAP-Success of this run was waiting for its answer: nothing to serve
+                // the request with.
+                count(&mut self.stats.dropped, DropCause::NoContext);
+                return;
+            }
+        }
         let (inner, binding) = match res {
             Ok(x) => x,
             Err(OscoreError::Replay) => {
@@ -1029,6 +1048,33 @@ impl LinkEndpoint {
                     .push(((device.clone(), gw), AuthzItem::Uplink(Box::new(u))));
             }
             _ => self.device_respond(key, &inner, &binding, Code::NOT_FOUND),
+        }
+    }
+
+    /// Verifies a protected device request with the confirmed keys, else with the keys of
+    /// the run awaiting key confirmation (`true` in the result when those verified it or
+    /// found it a replay). A replay under the confirmed keys verified there: it is not
+    /// tried again. When neither context verifies it, the error of the context that got
+    /// furthest is returned (confirmed keys first).
+    fn unprotect_device_request(
+        s: &mut Session,
+        msg: &Message,
+    ) -> (Result<(Message, RequestBinding), OscoreError>, bool) {
+        let res = match s.keys.as_mut() {
+            Some(k) => k.ctx.unprotect_request(msg),
+            None => Err(OscoreError::UnknownKid),
+        };
+        let Some(k) = s.new_keys.as_mut() else {
+            return (res, false);
+        };
+        match res {
+            Ok(_) | Err(OscoreError::Replay) => (res, false),
+            Err(first) => match k.ctx.unprotect_request(msg) {
+                Ok(x) => (Ok(x), true),
+                Err(OscoreError::Replay) => (Err(OscoreError::Replay), true),
+                Err(e) if s.keys.is_none() => (Err(e), false),
+                Err(_) => (Err(first), false),
+            },
         }
     }
 

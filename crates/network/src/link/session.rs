@@ -362,6 +362,27 @@ impl Session {
         }
     }
 
+    /// Key confirmation by a request (RFC 9820 §3.3): a request from the peer verified
+    /// under [`Session::new_keys`], which proves that the peer holds the new OSCORE context
+    /// just as its protected 2.04 to the EAP-Success would have (that answer was lost on the
+    /// way). The authenticator is handed that 2.04 — the one the peer would have sent,
+    /// rebuilt from the outstanding protected EAP-Success — so the run ends exactly as on
+    /// the normal path ([`AuthEvent::Authenticated`], the EAP-Success is no longer
+    /// retransmitted). Call [`Session::pump`] next. Does nothing when no protected
+    /// EAP-Success is outstanding.
+    pub fn confirm_by_request(&mut self, now: Instant) {
+        let sent: Vec<Message> = self
+            .protected_out
+            .values()
+            .filter_map(|(bytes, _)| Message::parse(bytes).ok())
+            .collect();
+        for success in sent {
+            let confirmation =
+                Message::response_to(&success, capillary_coap::Code::CHANGED, success.message_id);
+            self.auth.handle_oscore_message(now, &confirmation);
+        }
+    }
+
     /// Protects and tracks a new downlink request; returns the bytes to relay.
     pub fn send_downlink(
         &mut self,
