@@ -431,15 +431,13 @@ fn gateway_restart_mid_storm() {
 enum Mitm {
     /// Send every datagram twice (replay).
     Duplicate,
-    /// Flip the last byte (in the OSCORE tag) of every 5th datagram once the gateway is
-    /// authenticated, [`MAX_TAMPERED`] times.
+    /// Flip the last byte (in the OSCORE tag) of every 2nd datagram once the gateway is
+    /// authenticated, at most [`MAX_TAMPERED`] times.
     Tamper,
 }
 
-/// How many datagrams [`Mitm::Tamper`] spoils. Without a cap, every 5th datagram of the
-/// sparse tail of the run (a few devices retrying) is spoiled too: the gateway drops a batch
-/// answered with an unprotected 4.00 instead of retransmitting it, so each one costs the
-/// devices' end-to-end timers (2 to 5 s) and 20 devices need about 20 s (19 of 20 done at 18 s).
+/// How many datagrams [`Mitm::Tamper`] spoils at most. How many gateway→core datagrams a run
+/// has depends on batching, so the test asserts at least two were spoiled.
 const MAX_TAMPERED: u64 = 3;
 
 /// Counters of the proxy.
@@ -501,7 +499,7 @@ fn mitm(
                 }
                 Mitm::Tamper if armed.load(Ordering::Relaxed) => {
                     armed_count += 1;
-                    if armed_count.is_multiple_of(5) && armed_count <= 5 * MAX_TAMPERED {
+                    if armed_count.is_multiple_of(2) && armed_count <= 2 * MAX_TAMPERED {
                         if let Some(last) = d.last_mut() {
                             *last ^= 0x01;
                         }
@@ -608,11 +606,8 @@ fn run_through_mitm(mode: Mitm, first: u64, n: u32, uplinks: u32) {
             assert!(stats.replayed.load(Ordering::Relaxed) >= 4, "{stats:?}");
         }
         Mitm::Tamper => {
-            assert_eq!(
-                stats.tampered.load(Ordering::Relaxed),
-                MAX_TAMPERED,
-                "{stats:?}"
-            );
+            let tampered = stats.tampered.load(Ordering::Relaxed);
+            assert!((2..=MAX_TAMPERED).contains(&tampered), "{stats:?}");
             // The core refused the tampered requests with unprotected errors (RFC 8613
             // §8.2); tampered responses are dropped silently.
             assert!(stats.down_errors.load(Ordering::Relaxed) >= 1, "{stats:?}");
