@@ -7,6 +7,7 @@ mod bench_radius;
 mod demo;
 mod device_cmd;
 mod gateway_cmd;
+mod sim_cmd;
 mod subscriber;
 mod usim_agent;
 
@@ -41,6 +42,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the MTC gateway: authenticate to the network, relay and batch device traffic.
     Gateway(gateway_cmd::GatewayArgs),
+    /// Deterministic discrete-event simulation of the gateway system (batched vs naive).
+    Sim(sim_cmd::SimArgs),
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -131,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Device(args) => device_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Sim(args) => sim_cmd::run(args),
         Command::Bench(BenchCmd::Radius(args)) => bench_radius::run(args),
     }
 }

@@ -1,0 +1,213 @@
+//! `capillary sim`: the deterministic discrete-event simulator (crates/sim) from the command
+//! line. Runs every combination of `--devices`, `--mode` and `--preset`, prints a table (or
+//! JSON with `--json`), and writes `--csv` / `--html` files.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use capillary_sim::{report, Mode, Preset, SimConfig, SimReport};
+
+/// Arguments of `capillary sim`.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Devices per gateway, comma-separated list (one run each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10, 100, 1000])]
+    devices: Vec<u32>,
+    /// Gateways.
+    #[arg(long, default_value_t = 1)]
+    gateways: u32,
+    /// Modes: batched, naive (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = ["batched".to_string(), "naive".to_string()])]
+    mode: Vec<String>,
+    /// Gateway-link presets: nbiot, lte-m, broadband (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = ["broadband".to_string()])]
+    preset: Vec<String>,
+    /// Override the preset's RTT (ms).
+    #[arg(long)]
+    link_rtt_ms: Option<u64>,
+    /// Override the preset's bit rate (bit/s).
+    #[arg(long)]
+    link_bitrate: Option<u64>,
+    /// Gateway-link datagram loss probability.
+    #[arg(long, default_value_t = 0.0)]
+    link_loss: f64,
+    /// Capillary link one-way latency (ms).
+    #[arg(long, default_value_t = 5.0)]
+    cap_latency_ms: f64,
+    /// Capillary link jitter (ms, uniform).
+    #[arg(long, default_value_t = 2.0)]
+    cap_jitter_ms: f64,
+    /// Capillary link frame loss probability.
+    #[arg(long, default_value_t = 0.0)]
+    cap_loss: f64,
+    /// Capillary link frame size (bytes).
+    #[arg(long, default_value_t = 1280)]
+    cap_mtu: usize,
+    /// Capillary shared-medium bit rate per gateway (bit/s); none by default.
+    #[arg(long)]
+    cap_bitrate: Option<u64>,
+    /// Store latency per round trip (ms).
+    #[arg(long, default_value_t = 1.0)]
+    store_ms: f64,
+    /// Devices start within this spread (ms).
+    #[arg(long, default_value_t = 100.0)]
+    spread_ms: f64,
+    /// Uplinks per device after attaching.
+    #[arg(long, default_value_t = 1)]
+    uplinks: u32,
+    /// Interval between uplinks (ms).
+    #[arg(long, default_value_t = 10_000.0)]
+    uplink_interval_ms: f64,
+    /// Shared device CPU per datagram (µs), per gateway.
+    #[arg(long, default_value_t = 100.0)]
+    device_cpu_us: f64,
+    /// Network CPU per batch entry (µs).
+    #[arg(long, default_value_t = 20.0)]
+    network_cpu_us: f64,
+    /// Simulated time limit per run (s).
+    #[arg(long, default_value_t = 600.0)]
+    limit_s: f64,
+    /// Naive mode: `POST /r` outstanding at once at each end (NSTART).
+    #[arg(long, default_value_t = 4)]
+    naive_nstart: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON to stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write CSV here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write a self-contained HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+fn ms(v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v / 1000.0).context("a duration is negative or too large")
+}
+
+/// Runs `capillary sim`.
+pub fn run(args: SimArgs) -> Result<()> {
+    let modes = args
+        .mode
+        .iter()
+        .map(|m| Mode::parse(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let presets = args
+        .preset
+        .iter()
+        .map(|p| Preset::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut assumptions = vec![
+        "nbiot: RTT 3.2 s (2 × 1.6 s, the best case of NB-IoT's 1.6–10 s latency), 60 kbit/s".to_string(),
+        "lte-m: RTT 125 ms (LTE-M latency about 100–150 ms), 1 Mbit/s".to_string(),
+        "broadband: RTT 20 ms, 100 Mbit/s".to_string(),
+        format!(
+            "capillary link: {} ms ± {} ms, frame loss {}, MTU {} B, shared bit rate {}",
+            args.cap_latency_ms,
+            args.cap_jitter_ms,
+            args.cap_loss,
+            args.cap_mtu,
+            args.cap_bitrate.map_or("none".to_string(), |b| format!("{b} bit/s"))
+        ),
+        format!(
+            "store {} ms per round trip; devices start within {} ms; {} uplink(s) each; \
+             shared device CPU {} µs/datagram; network CPU {} µs/entry; seed {}",
+            args.store_ms, args.spread_ms, args.uplinks, args.device_cpu_us, args.network_cpu_us, args.seed
+        ),
+        format!(
+            "naive = the real gateway and network with batching off (window 0, 1 entry per batch, NSTART {})",
+            args.naive_nstart
+        ),
+    ];
+    if args.link_rtt_ms.is_some() || args.link_bitrate.is_some() || args.link_loss > 0.0 {
+        assumptions.push(format!(
+            "gateway link overridden: RTT {:?} ms, bit rate {:?}, loss {}",
+            args.link_rtt_ms, args.link_bitrate, args.link_loss
+        ));
+    }
+    let mut reports: Vec<SimReport> = Vec::new();
+    let total = presets.len() * modes.len() * args.devices.len();
+    let mut stderr = std::io::stderr();
+    for preset in &presets {
+        for mode in &modes {
+            for n in &args.devices {
+                let mut link = preset.link();
+                if let Some(rtt) = args.link_rtt_ms {
+                    link.rtt = Duration::from_millis(rtt);
+                }
+                if let Some(b) = args.link_bitrate {
+                    link.bitrate = b;
+                }
+                link.loss = args.link_loss;
+                let cfg = SimConfig {
+                    gateways: args.gateways,
+                    devices_per_gateway: *n,
+                    mode: *mode,
+                    link_name: preset.name().to_string(),
+                    capillary: capillary_sim::CapillaryLink {
+                        latency: ms(args.cap_latency_ms)?,
+                        jitter: ms(args.cap_jitter_ms)?,
+                        loss: args.cap_loss,
+                        mtu: args.cap_mtu,
+                        bitrate: args.cap_bitrate,
+                    },
+                    gateway_link: link,
+                    store_rtt: ms(args.store_ms)?,
+                    start_spread: ms(args.spread_ms)?,
+                    uplinks: args.uplinks,
+                    uplink_interval: ms(args.uplink_interval_ms)?,
+                    device_cpu: ms(args.device_cpu_us / 1000.0)?,
+                    network_cpu: ms(args.network_cpu_us / 1000.0)?,
+                    naive_nstart: args.naive_nstart,
+                    seed: args.seed,
+                    time_limit: ms(args.limit_s * 1000.0)?,
+                };
+                let k = reports.len() + 1;
+                let label = format!(
+                    "[{k}/{total}] {} {} N={}",
+                    preset.name(),
+                    mode.name(),
+                    cfg.total_devices()
+                );
+                let r = capillary_sim::run(&cfg, &mut |p| {
+                    let _ = write!(
+                        stderr,
+                        "\r{label}: t={:.1}s authenticated {}/{} events {}   ",
+                        p.sim_time.as_secs_f64(),
+                        p.authenticated,
+                        p.devices,
+                        p.events
+                    );
+                })
+                .with_context(|| label.clone())?;
+                let _ = writeln!(
+                    stderr,
+                    "\r{label}: done, {} gateway-link round trips, attach max {:.1} ms{}          ",
+                    r.gateway_link.round_trips,
+                    r.attach.max.as_secs_f64() * 1000.0,
+                    if r.completed { "" } else { " (NOT completed)" }
+                );
+                reports.push(r);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", report::to_json_pretty(&reports));
+    } else {
+        print!("{}", report::to_table(&reports));
+    }
+    if let Some(path) = &args.csv {
+        std::fs::write(path, report::to_csv(&reports))
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::to_html(&reports, &assumptions))
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
