@@ -15,6 +15,9 @@
 #
 # Usage: bench/radius-vs-hostapd.sh            (after `cargo build --release -p capillary`)
 # Environment: CAPILLARY_BIN (default: $CARGO_TARGET_DIR or target, release/capillary),
+#   BASELINE_BIN (optional: another capillary binary, e.g. a copy of the previous build; its
+#   `capillary core` runs on its own copy of the population on port 18121 and is measured in
+#   the same run, first, under the same load),
 #   SUBSCRIBERS (200), CONCURRENCY (32), COUNT (900 per round), ROUNDS (3), KEEP=1 keeps the
 #   work directory.
 #
@@ -36,11 +39,14 @@ COUNT=${COUNT:-900}
 ROUNDS=${ROUNDS:-3}
 IMSI_START=001010000010001
 CORE_PORT=18120
+BASE_PORT=18121
+BASELINE_BIN=${BASELINE_BIN:-}
 HOSTAPD_PORT=1812
 CORE_SECRET=bench-core-secret
 HOSTAPD_SECRET=bench-hostapd-secret
 
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p capillary" >&2; exit 2; }
+[ -z "$BASELINE_BIN" ] || [ -x "$BASELINE_BIN" ] || { echo "no $BASELINE_BIN" >&2; exit 2; }
 command -v hostapd >/dev/null || { echo "hostapd is not installed" >&2; exit 2; }
 
 W=$(mktemp -d /tmp/radius-vs-hostapd.XXXXXX)
@@ -75,6 +81,27 @@ PIDS+=("$CORE_PID")
 for _ in $(seq 100); do grep -q '^radius-listen=' "$W/core.out" && break; sleep 0.05; done
 grep -q '^radius-listen=' "$W/core.out" || { echo "core did not start:"; cat "$W/core.log"; exit 1; } >&2
 for _ in $(seq 100); do [ -S "$W/hlr.sock" ] && break; sleep 0.05; done
+
+# --- optional baseline: another build's `capillary core`, own data directory ---------------
+if [ -n "$BASELINE_BIN" ]; then
+    cat > "$W/base.toml" <<EOF
+data_dir = "$W/base-data"
+[radius]
+listen = "127.0.0.1:$BASE_PORT"
+[[radius.client]]
+name = "bench"
+address = "127.0.0.1"
+secret = "$CORE_SECRET"
+trusted = true
+EOF
+    CAPILLARY_LOG=error "$BASELINE_BIN" subscriber import "$W/population.csv" \
+        --data-dir "$W/base-data" >/dev/null
+    CAPILLARY_LOG=warn "$BASELINE_BIN" core --config "$W/base.toml" > "$W/base.out" 2> "$W/base.log" &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+    for _ in $(seq 100); do grep -q '^radius-listen=' "$W/base.out" && break; sleep 0.05; done
+    grep -q '^radius-listen=' "$W/base.out" || { echo "baseline core did not start:"; cat "$W/base.log"; exit 1; } >&2
+fi
 
 # --- hostapd: RADIUS on $HOSTAPD_PORT, vectors from Capillary ---------------------------------
 printf '"6"*\tAKA'"'"'\n"7"*\tAKA'"'"'\n"8"*\tAKA'"'"'\n' > "$W/eap_user"
@@ -122,13 +149,24 @@ run() {
 }
 
 # A short unmeasured warm-up of each path (page cache, SQLite, hostapd's first vectors).
-for target in "$CORE_PORT $CORE_SECRET" "$HOSTAPD_PORT $HOSTAPD_SECRET"; do
+TARGETS=("$CORE_PORT $CORE_SECRET" "$HOSTAPD_PORT $HOSTAPD_SECRET")
+[ -z "$BASELINE_BIN" ] || TARGETS+=("$BASE_PORT $CORE_SECRET")
+for target in "${TARGETS[@]}"; do
     set -- $target
     "$BIN" bench radius --server "127.0.0.1:$1" --secret "$2" --imsi-start "$IMSI_START" \
         --subscribers "$SUBSCRIBERS" --concurrency "$CONCURRENCY" --count 50 --json \
         > /dev/null 2>&1 || true
 done
 sleep 6
+
+if [ -n "$BASELINE_BIN" ]; then
+    b0=$(ticks "$BASE_PID")
+    run baseline "$BASE_PORT" "$CORE_SECRET"
+    b1=$(ticks "$BASE_PID")
+    BASE_OK=$OK BASE_FAILED=$FAILED BASE_ELAPSED=$ELAPSED BASE_P99=$P99
+    BASE_CPU=$((b1 - b0))
+    sleep 6
+fi
 
 c0=$(ticks "$CORE_PID")
 run capillary "$CORE_PORT" "$CORE_SECRET"
@@ -148,12 +186,18 @@ echo "capillary bench radius: $SUBSCRIBERS subscribers, concurrency $CONCURRENCY
 awk -v tck="$CLK_TCK" \
     -v cok="$CAP_OK" -v cf="$CAP_FAILED" -v ce="$CAP_ELAPSED" -v cc="$CAP_CPU" -v cp="$CAP_P99" \
     -v hok="$HAP_OK" -v hf="$HAP_FAILED" -v he="$HAP_ELAPSED" -v hc="$HAP_CPU" -v hp="$HAP_P99" \
-    -v ac="$AUC_CPU" 'BEGIN {
+    -v ac="$AUC_CPU" -v base="${BASELINE_BIN:+1}" -v bok="${BASE_OK:-0}" -v bf="${BASE_FAILED:-0}" \
+    -v be="${BASE_ELAPSED:-0}" -v bc="${BASE_CPU:-0}" -v bp="${BASE_P99:-0}" 'BEGIN {
     crate = (ce > 0) ? cok / ce : 0;  hrate = (he > 0) ? hok / he : 0
     cus = (cok > 0) ? cc * 1e6 / tck / cok : 0
     hus = (hok > 0) ? hc * 1e6 / tck / hok : 0
     aus = (hok > 0) ? ac * 1e6 / tck / hok : 0
     printf "%-26s %10s %8s %10s %16s %10s\n", "server", "auths/s", "failed", "p99 ms", "CPU us/auth", "+AuC us"
+    if (base) {
+        brate = (be > 0) ? bok / be : 0
+        bus = (bok > 0) ? bc * 1e6 / tck / bok : 0
+        printf "%-26s %10.1f %8d %10.2f %16.1f %10s\n", "capillary core (baseline)", brate, bf, bp, bus, "-"
+    }
     printf "%-26s %10.1f %8d %10.2f %16.1f %10s\n", "capillary core", crate, cf, cp, cus, "-"
     printf "%-26s %10.1f %8d %10.2f %16.1f %10.1f\n", "hostapd (+capillary AuC)", hrate, hf, hp, hus, aus
     printf "%-26s %10s %8s %10s %16s %10s\n", "ratio capillary/hostapd", \
@@ -162,4 +206,4 @@ awk -v tck="$CLK_TCK" \
         (hus + aus > 0) ? sprintf("%.2f*", cus / (hus + aus)) : "n/a"
     print "(* CPU ratio against hostapd plus the AuC work it delegates to capillary core)"
 }'
-[ "$CAP_FAILED" -eq 0 ] && [ "$HAP_FAILED" -eq 0 ] || { echo "some authentications failed; see KEEP=1 and $W" >&2; exit 1; }
+[ "$CAP_FAILED" -eq 0 ] && [ "$HAP_FAILED" -eq 0 ] && [ "${BASE_FAILED:-0}" -eq 0 ] || { echo "some authentications failed; see KEEP=1 and $W" >&2; exit 1; }

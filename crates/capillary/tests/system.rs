@@ -596,11 +596,22 @@ fn run_through_mitm(mode: Mitm, first: u64, n: u32, uplinks: u32) {
     std::thread::sleep(Duration::from_millis(300));
     let (devices, lines) = uplinks_logged(&core);
     assert_eq!(devices, n as usize);
-    assert_eq!(
-        lines,
-        (n * uplinks) as usize,
-        "an uplink was delivered twice"
-    );
+    // The network delivers each protected uplink once (OSCORE replay window, link dedup).
+    // A device that gave up an attempt (stall) re-authenticates and sends its uplinks again
+    // as new messages: at-least-once at the application level, bounded by the attempts.
+    let attempts = run.get("attempts");
+    if attempts == u64::from(n) {
+        assert_eq!(
+            lines,
+            (n * uplinks) as usize,
+            "an uplink was delivered twice"
+        );
+    } else {
+        assert!(
+            lines >= (n * uplinks) as usize && lines as u64 <= attempts * u64::from(uplinks),
+            "{lines} uplinks for {attempts} attempts"
+        );
+    }
     match mode {
         Mitm::Duplicate => {
             assert!(stats.replayed.load(Ordering::Relaxed) >= 4, "{stats:?}");

@@ -2,6 +2,7 @@
 //! EAP-AKA' server per conversation (keyed by the RADIUS State attribute), the AuC and the store.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use rand::RngCore;
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-use crate::auc::{Auc, AucError};
+use crate::auc::{Auc, AucError, Prefetch};
 use crate::config::CoreConfig;
 
 /// Why the network side could not start or stopped.
@@ -174,7 +175,10 @@ struct SessionSlot {
 struct Core {
     radius: Mutex<RadiusServer>,
     sessions: Mutex<HashMap<[u8; 16], SessionSlot>>,
+    /// The AuC shared with the hlr_auc_gw and link paths (one SQN per vector).
     auc: Auc,
+    /// The same AuC with an SQN stock, for the RADIUS conversations (see [`crate::auc::Prefetch`]).
+    vectors: Auc,
     eap: ServerConfig,
     socket: UdpSocket,
     session_timeout: Duration,
@@ -260,6 +264,14 @@ pub async fn run_with_store(
     let core = Arc::new(Core {
         radius: Mutex::new(radius),
         sessions: Mutex::new(HashMap::new()),
+        vectors: if cfg.auc.prefetch > 0 {
+            Auc::new(store.clone(), cfg.auc.ind).with_prefetch(Prefetch {
+                depth: cfg.auc.prefetch,
+                ..Prefetch::default()
+            })
+        } else {
+            Auc::new(store.clone(), cfg.auc.ind)
+        },
         auc: Auc::new(store, cfg.auc.ind),
         eap,
         socket,
@@ -363,8 +375,23 @@ async fn receive_loop(core: Arc<Core>) {
             }
             Incoming::InProgress => debug!(%from, "duplicate request still being processed"),
             Incoming::Request(req) => {
-                let core = core.clone();
-                tokio::spawn(async move { handle_request(core, from, req).await });
+                // Most of a request's work is CPU (RADIUS, EAP, a vector from the AuC's stock)
+                // up to its first store write, and a challenge response needs no store at all:
+                // run it here, and only hand the rest of a request that waits on the store to a
+                // task. `spawn` polls it again at once with the task's own waker, so whatever
+                // the first poll registered is superseded (Future::poll contract).
+                // A panic stays confined to this request, as it would in its own task.
+                let mut fut = Box::pin(handle_request(core.clone(), from, req));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    fut.as_mut().poll(&mut cx)
+                })) {
+                    Ok(std::task::Poll::Ready(())) => {}
+                    Ok(std::task::Poll::Pending) => {
+                        tokio::spawn(fut);
+                    }
+                    Err(_) => warn!(%from, "RADIUS request handler panicked: request dropped"),
+                }
             }
         }
     }
@@ -377,6 +404,9 @@ enum Outcome {
         msk: capillary_secrets::Msk,
     },
     Reject(Vec<u8>),
+    /// A state change the next message depends on could not be stored: that message must not
+    /// leave the process; Access-Reject without EAP.
+    StoreFailure,
     /// The EAP server dropped the packet (RFC 3748 §2.1 silent discard); no reply.
     Silent,
 }
@@ -468,6 +498,10 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
             lock(&core.sessions).remove(&state);
             respond(&core, from, &req, Reply::Reject { eap: Some(&eap) }).await;
         }
+        Outcome::StoreFailure => {
+            lock(&core.sessions).remove(&state);
+            respond(&core, from, &req, Reply::Reject { eap: None }).await;
+        }
         Outcome::Silent => {
             debug!(client = %req.client, "EAP packet silently discarded");
             if req.state.is_none() {
@@ -508,14 +542,64 @@ fn identity_name(i: &IdentityKind) -> &'static str {
     }
 }
 
-/// Executes the EAP server's events in order until it has something for the wire.
+/// State changes the next outgoing message depends on (RFC 4187 §4.1.1.7, §5.4: the peer may
+/// use the next pseudonym and re-authentication identity as soon as it has the message).
+#[derive(Default)]
+struct Pending {
+    pseudonym: Option<(String, capillary_secrets::Imsi)>,
+    reauth: Option<ReauthRecord>,
+}
+
+impl Pending {
+    /// Stores everything pending, concurrently (both writes usually share one group commit),
+    /// and returns only once it is durable. False if any write failed: the message that names
+    /// the identities must then not be sent.
+    async fn flush(&mut self, store: &dyn SubscriberStore) -> bool {
+        let pseudonym = self.pseudonym.take();
+        let reauth = self.reauth.take();
+        let (p, r) = tokio::join!(
+            async {
+                match &pseudonym {
+                    Some((p, imsi)) => {
+                        let expires = unix_now() + 7 * 24 * 3600;
+                        store.put_pseudonym(p, imsi, expires).await
+                    }
+                    None => Ok(()),
+                }
+            },
+            async {
+                match &reauth {
+                    Some(r) => store.put_reauth(r).await,
+                    None => Ok(()),
+                }
+            }
+        );
+        if let Err(e) = &p {
+            warn!(error = %e, "storing a pseudonym failed");
+        }
+        if let Err(e) = &r {
+            warn!(error = %e, "storing a re-authentication identity failed");
+        }
+        p.is_ok() && r.is_ok()
+    }
+}
+
+/// Executes the EAP server's events in order until it has something for the wire. Pseudonyms
+/// and re-authentication records are written together just before the message that carries
+/// them leaves (never after).
 async fn drive(core: &Core, s: &mut Session) -> Outcome {
-    let store = core.auc.store().clone();
+    let store: &dyn SubscriberStore = core.auc.store().as_ref();
     let mut rng = rand::rngs::OsRng;
+    let mut pending = Pending::default();
     while let Some(event) = s.eap.poll_event() {
         match event {
-            ServerEvent::Send(eap) => return Outcome::Challenge(eap),
-            ServerEvent::NeedVector { imsi } => match core.auc.vector(&imsi).await {
+            ServerEvent::Send(eap) => {
+                if !pending.flush(store).await {
+                    return Outcome::StoreFailure;
+                }
+                return Outcome::Challenge(eap);
+            }
+            ServerEvent::NeedVector { imsi } => match core.vectors.vector(&imsi).await {
                 Ok(v) => s.eap.provide_vector(
                     VectorInput {
                         rand: v.rand,
@@ -529,10 +613,10 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 Err(e) => reject_subscriber(s, &imsi, e),
             },
             ServerEvent::NeedResync { imsi, rand, auts } => {
-                match core.auc.resync(&imsi, &rand, &auts).await {
+                match core.vectors.resync(&imsi, &rand, &auts).await {
                     Ok(seq_ms) => {
                         info!(%imsi, seq_ms, "SQN resynchronised from AUTS");
-                        match core.auc.vector(&imsi).await {
+                        match core.vectors.vector(&imsi).await {
                             Ok(v) => s.eap.provide_vector(
                                 VectorInput {
                                     rand: v.rand,
@@ -559,7 +643,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 }
             }
             ServerEvent::ResolveReauth { reauth_id } => {
-                match claim_reauth(store.as_ref(), &reauth_id).await {
+                match claim_reauth(store, &reauth_id).await {
                     Ok(rec) => s.eap.provide_reauth(
                         rec.map(|r| ReauthContext {
                             imsi: r.imsi,
@@ -577,11 +661,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 }
             }
             ServerEvent::PersistPseudonym { pseudonym, imsi } => {
-                let expires = unix_now() + 7 * 24 * 3600;
-                if let Err(e) = store.put_pseudonym(&pseudonym, &imsi, expires).await {
-                    warn!(error = %e, "storing a pseudonym failed");
-                    s.eap.subscriber_rejected(RejectReason::StoreFailure);
-                }
+                pending.pseudonym = Some((pseudonym, imsi));
             }
             ServerEvent::PersistReauth {
                 reauth_id,
@@ -597,10 +677,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                     counter: rec.counter,
                     expires_unix: unix_now() + lifetime_secs,
                 };
-                if let Err(e) = store.put_reauth(&r).await {
-                    warn!(error = %e, "storing a re-authentication identity failed");
-                    s.eap.subscriber_rejected(RejectReason::StoreFailure);
-                }
+                pending.reauth = Some(r);
             }
             ServerEvent::ForgetReauth { reauth_id } => {
                 if let Err(e) = store.delete_reauth(&reauth_id).await {
@@ -620,15 +697,23 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 ..
             } => {
                 drop(emsk);
+                if !pending.flush(store).await {
+                    return Outcome::StoreFailure;
+                }
                 info!(%imsi, method = %method_name(&method), identity = %identity_name(&identity), client = %s.client, "authenticated");
                 return Outcome::Accept { eap, msk };
             }
             ServerEvent::Failure { eap, reason } => {
+                // Nothing pending matters to a failure; still stored, as the server asked.
+                pending.flush(store).await;
                 info!(reason = %failure_name(&reason), client = %s.client, "authentication failed");
                 return Outcome::Reject(eap);
             }
             other => debug!(event = ?other, "EAP server event ignored"),
         }
+    }
+    if !pending.flush(store).await {
+        return Outcome::StoreFailure;
     }
     Outcome::Silent
 }
@@ -697,4 +782,209 @@ fn reject_subscriber(s: &mut Session, imsi: &capillary_secrets::Imsi, e: AucErro
         }
     };
     s.eap.subscriber_rejected(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RadiusClientConfig;
+    use capillary_radius::{client, Code};
+    use capillary_secrets::{Amf, Imsi, Opc, Secret, K};
+    use capillary_store::{
+        AuditRecord, AuthMaterial, Authorization, MemoryStore, NewSubscriber, OpKind,
+        SubscriberInfo, SubscriberStatus,
+    };
+
+    const SECRET: &str = "driver-test-secret";
+
+    /// A [`MemoryStore`] whose `put_reauth` fails when `.1` is set.
+    struct FailingReauth(MemoryStore, bool);
+
+    #[async_trait::async_trait]
+    impl SubscriberStore for FailingReauth {
+        async fn add(&self, s: NewSubscriber) -> Result<(), StoreError> {
+            self.0.add(s).await
+        }
+        async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
+            self.0.import(subs).await
+        }
+        async fn get(&self, imsi: &Imsi) -> Result<Option<SubscriberInfo>, StoreError> {
+            self.0.get(imsi).await
+        }
+        async fn list(
+            &self,
+            after: Option<&Imsi>,
+            limit: usize,
+        ) -> Result<Vec<SubscriberInfo>, StoreError> {
+            self.0.list(after, limit).await
+        }
+        async fn remove(&self, imsi: &Imsi) -> Result<bool, StoreError> {
+            self.0.remove(imsi).await
+        }
+        async fn set_status(&self, imsi: &Imsi, st: SubscriberStatus) -> Result<bool, StoreError> {
+            self.0.set_status(imsi, st).await
+        }
+        async fn allocate(
+            &self,
+            imsi: &Imsi,
+            ind: u32,
+            count: u32,
+        ) -> Result<AuthMaterial, StoreError> {
+            self.0.allocate(imsi, ind, count).await
+        }
+        async fn allocate_batch(
+            &self,
+            reqs: &[(Imsi, u32, u32)],
+        ) -> Result<Vec<Result<AuthMaterial, StoreError>>, StoreError> {
+            self.0.allocate_batch(reqs).await
+        }
+        async fn resync(&self, imsi: &Imsi, seq_ms: u64) -> Result<(), StoreError> {
+            self.0.resync(imsi, seq_ms).await
+        }
+        async fn put_pseudonym(
+            &self,
+            pseudonym: &str,
+            imsi: &Imsi,
+            expires_unix: u64,
+        ) -> Result<(), StoreError> {
+            self.0.put_pseudonym(pseudonym, imsi, expires_unix).await
+        }
+        async fn resolve_pseudonym(
+            &self,
+            pseudonym: &str,
+            now_unix: u64,
+        ) -> Result<Option<Imsi>, StoreError> {
+            self.0.resolve_pseudonym(pseudonym, now_unix).await
+        }
+        async fn put_reauth(&self, rec: &ReauthRecord) -> Result<(), StoreError> {
+            if self.1 {
+                return Err(StoreError::Internal("disk full (test)".into()));
+            }
+            self.0.put_reauth(rec).await
+        }
+        async fn get_reauth(
+            &self,
+            reauth_id: &str,
+            now_unix: u64,
+        ) -> Result<Option<ReauthRecord>, StoreError> {
+            self.0.get_reauth(reauth_id, now_unix).await
+        }
+        async fn advance_reauth(
+            &self,
+            reauth_id: &str,
+            expected: u16,
+            new: u16,
+        ) -> Result<bool, StoreError> {
+            self.0.advance_reauth(reauth_id, expected, new).await
+        }
+        async fn delete_reauth(&self, reauth_id: &str) -> Result<(), StoreError> {
+            self.0.delete_reauth(reauth_id).await
+        }
+        async fn import_with_bindings(
+            &self,
+            subs: Vec<NewSubscriber>,
+            bindings: Vec<(Imsi, Imsi)>,
+        ) -> Result<usize, StoreError> {
+            self.0.import_with_bindings(subs, bindings).await
+        }
+        async fn bind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<(), StoreError> {
+            self.0.bind_gateway(device, gateway).await
+        }
+        async fn unbind_gateway(&self, device: &Imsi, gateway: &Imsi) -> Result<bool, StoreError> {
+            self.0.unbind_gateway(device, gateway).await
+        }
+        async fn gateways_of(&self, device: &Imsi) -> Result<Vec<Imsi>, StoreError> {
+            self.0.gateways_of(device).await
+        }
+        async fn devices_of(
+            &self,
+            gateway: &Imsi,
+            after: Option<&Imsi>,
+            limit: usize,
+        ) -> Result<Vec<Imsi>, StoreError> {
+            self.0.devices_of(gateway, after, limit).await
+        }
+        async fn authorize_batch(
+            &self,
+            pairs: &[(Imsi, Imsi)],
+        ) -> Result<Vec<Authorization>, StoreError> {
+            self.0.authorize_batch(pairs).await
+        }
+        async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
+            self.0.audit(rec).await
+        }
+        async fn audit_log(
+            &self,
+            subject: Option<&Imsi>,
+            after_id: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+            self.0.audit_log(subject, after_id, limit).await
+        }
+    }
+
+    /// The challenge names the next re-authentication identity; when that record cannot be
+    /// stored, the challenge must not leave the process: Access-Reject without EAP instead.
+    #[tokio::test]
+    async fn challenge_not_sent_when_its_identities_are_not_stored() {
+        // Control: with a working store the same request gets the challenge.
+        assert_eq!(first_reply(false).await, (Code::Challenge, true));
+        assert_eq!(first_reply(true).await, (Code::Reject, false));
+    }
+
+    /// Code of the reply to an EAP-Response/Identity, and whether it carries EAP.
+    async fn first_reply(fail_reauth: bool) -> (Code, bool) {
+        let store = MemoryStore::new();
+        let imsi = Imsi::new("001010000000001").unwrap();
+        store
+            .add(NewSubscriber::new(
+                imsi.clone(),
+                K::from_hex("465b5ce8b199b49faa5f0a2ee238a6bc").unwrap(),
+                OpKind::Opc(Opc::from_hex("cd63cb71954a9f4e48a5994e37a02baf").unwrap()),
+                Amf([0, 0]),
+            ))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = CoreConfig {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..CoreConfig::default()
+        };
+        cfg.radius.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.radius.client = vec![RadiusClientConfig {
+            name: "nas".into(),
+            address: "127.0.0.1".into(),
+            secret: SECRET.into(),
+            trusted: true,
+        }];
+        let handle = run_with_store(cfg, Arc::new(FailingReauth(store, fail_reauth)))
+            .await
+            .unwrap();
+        let nas = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // EAP-Response/Identity (RFC 3748 §5.1) with the permanent AKA' identity.
+        let identity = format!("6{}@wlan.mnc001.mcc001.3gppnetwork.org", imsi.as_str());
+        let len = 5 + identity.len();
+        let mut eap = vec![2, 7, (len >> 8) as u8, len as u8, 1];
+        eap.extend_from_slice(identity.as_bytes());
+        let authenticator = [0x42; 16];
+        let req = client::access_request(
+            SECRET.as_bytes(),
+            9,
+            authenticator,
+            Some(identity.as_bytes()),
+            &eap,
+            None,
+            &[],
+        )
+        .unwrap();
+        nas.send_to(&req, handle.local_addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), nas.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let reply = client::verify_response(SECRET.as_bytes(), &authenticator, &buf[..n]).unwrap();
+        handle.stop().await;
+        (reply.code, reply.eap_message().unwrap().is_some())
+    }
 }
