@@ -154,6 +154,9 @@ impl CoreHandle {
             let _ = t.await;
         }
         info!(stats = ?lock(&self.core.radius).stats(), "RADIUS counters");
+        if let Some(link) = &self.link {
+            info!(stats = ?link.stats(), "gateway link counters");
+        }
     }
 }
 
