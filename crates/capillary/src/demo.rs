@@ -55,6 +55,8 @@ pub struct Summary {
     pub capillary_msgs: u64,
     /// Capillary link bytes.
     pub capillary_bytes: u64,
+    /// Capillary link round trips (request/response pairs seen by the devices).
+    pub capillary_round_trips: u64,
     /// Gateway link: messages (both directions).
     pub link_msgs: u64,
     /// Gateway link bytes.
@@ -85,7 +87,7 @@ impl Summary {
     fn json(&self) -> String {
         format!(
             "{{\"ok\":{},\"devices\":{},\"authenticated\":{},\"failed\":{},\"data_delivered\":{},\
-             \"data_acked\":{},\"capillary_link\":{{\"messages\":{},\"bytes\":{}}},\
+             \"data_acked\":{},\"capillary_link\":{{\"messages\":{},\"bytes\":{},\"round_trips\":{}}},\
              \"gateway_link\":{{\"messages\":{},\"bytes\":{},\"round_trips\":{}}},\
              \"store_round_trips\":{},\"key_isolation\":{{\"secrets_checked\":{},\
              \"secrets_found_at_gateway\":{},\"gateway_bytes_recorded\":{}}},\"seconds\":{:.3}}}",
@@ -97,6 +99,7 @@ impl Summary {
             self.acked,
             self.capillary_msgs,
             self.capillary_bytes,
+            self.capillary_round_trips,
             self.link_msgs,
             self.link_bytes,
             self.link_round_trips,
@@ -113,7 +116,7 @@ impl Summary {
         format!(
             "devices authenticated   {}/{} ({} failed)   {}\n\
              data delivered          {}/{} (acknowledged {})   {}\n\
-             capillary link          {} messages, {} bytes\n\
+             capillary link          {} messages, {} bytes, {} round trips\n\
              gateway link            {} messages, {} bytes, {} round trips\n\
              store round trips       {}\n\
              key isolation (R3)      {} device secrets, {} found in {} gateway bytes   {}\n\
@@ -128,6 +131,7 @@ impl Summary {
             mark(self.delivered == self.devices),
             self.capillary_msgs,
             self.capillary_bytes,
+            self.capillary_round_trips,
             self.link_msgs,
             self.link_bytes,
             self.link_round_trips,
@@ -307,6 +311,7 @@ pub async fn run_demo(
         acked: counters.uplinks_acked.load(Ordering::Relaxed),
         capillary_msgs: gs.capillary_msgs_in + gs.capillary_msgs_out,
         capillary_bytes: gs.capillary_bytes_in + gs.capillary_bytes_out,
+        capillary_round_trips: counters.round_trips.load(Ordering::Relaxed),
         link_msgs: gs.link_msgs_in + gs.link_msgs_out,
         link_bytes: gs.link_bytes_in + gs.link_bytes_out,
         link_round_trips: gs.link_round_trips,

@@ -110,6 +110,9 @@ pub struct Counters {
     pub attempts: AtomicU64,
     /// Datagrams dropped by the loss emulation (both directions).
     pub dropped: AtomicU64,
+    /// Capillary-link round trips: per device, the smaller of the datagrams it sent and
+    /// received (each request answered by one response), summed over the devices.
+    pub round_trips: AtomicU64,
 }
 
 /// What to run.
@@ -196,6 +199,8 @@ pub async fn run_population_with(
             loss: opts.loss,
             rng: StdRng::seed_from_u64(mix(opts.seed, i as u64, u64::MAX)),
             c: counters.clone(),
+            sent: 0,
+            received: 0,
         };
         let job = Job {
             index: i as u64,
@@ -234,6 +239,16 @@ struct Link {
     loss: f64,
     rng: StdRng,
     c: Arc<Counters>,
+    sent: u64,
+    received: u64,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.c
+            .round_trips
+            .fetch_add(self.sent.min(self.received), Ordering::Relaxed);
+    }
 }
 
 impl Link {
@@ -253,6 +268,7 @@ impl Link {
             }
             tracing::trace!(to = %self.gateway, len = out.len(), "send");
             self.c.msgs_out.fetch_add(1, Ordering::Relaxed);
+            self.sent += 1;
             self.c
                 .bytes_out
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -271,6 +287,7 @@ impl Link {
                     }
                     tracing::trace!(len = n, "receive");
                     self.c.msgs_in.fetch_add(1, Ordering::Relaxed);
+                    self.received += 1;
                     self.c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     return n;
                 }
