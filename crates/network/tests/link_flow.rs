@@ -59,10 +59,12 @@ fn ten_devices_attach_in_batches() {
         1,
         "NeedVectors per batch, not per device"
     );
-    assert_eq!(w.authorize, 1);
+    // §6: one Authorize per batch carrying known identities — the identities (with the
+    // vector request), the challenge responses, the key confirmations — whatever N.
+    assert_eq!(w.authorize, 3);
     assert_eq!(
-        s.store_round_trips, 3,
-        "gateway vector + one NeedVectors + one Authorize"
+        s.store_round_trips, 5,
+        "gateway vector + one NeedVectors + one Authorize per batch"
     );
     // §7: triggers, identities, challenge responses, key confirmations: 4 batches.
     let batches = w.gw.sent_batches.len() - batches_before;
@@ -586,4 +588,200 @@ fn uplink_under_the_new_context_confirms_keys_when_the_key_confirmation_is_lost(
         w.devices[0].1.uplink_acks[1].1,
         capillary_coap::Code::CHANGED
     );
+}
+
+fn set_status(w: &mut World, who: &str, status: capillary_store::SubscriberStatus) {
+    w.subs.get_mut(who).unwrap().status = status;
+}
+
+fn audits(w: &World, event: AuditEvent) -> Vec<(Imsi, Option<Imsi>)> {
+    w.log
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Audit(a) if a.event == event => Some((a.subject.clone(), a.gateway.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pair counts of every Authorize event so far.
+fn authorize_sizes(w: &World) -> Vec<usize> {
+    w.log
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Authorize { pairs, .. } => Some(pairs.len()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn device_barred_mid_attach_is_refused_at_its_next_message() {
+    let mut w = authenticated_world(2, 21);
+    w.start_devices();
+    // Until the devices' vectors (and their attach check) were answered: the challenges
+    // are on their way, the responses not yet.
+    for _ in 0..10_000 {
+        if w.need_vectors >= 2 {
+            break;
+        }
+        assert!(w.step() || w.gw.flush());
+    }
+    assert_eq!(w.need_vectors, 2);
+    let authorize_before = w.authorize;
+    // §6: barred between the challenge and its response.
+    set_status(&mut w, &imsi(1), capillary_store::SubscriberStatus::Barred);
+    w.run_until(Duration::from_secs(120), |w| {
+        w.devices[0].1.failed.is_some()
+            && w.devices[1].1.authenticated
+            && w.gw.outcomes.len() >= 2
+            && !w.gw.outstanding()
+    });
+    let bad = Imsi::new(&imsi(1)).unwrap();
+    assert!(!w.device(1).authenticated);
+    assert!(
+        w.device(1).failed.is_some(),
+        "EAP-Failure reached the device"
+    );
+    assert!(w.device(2).authenticated);
+    assert!(!w.net.is_device_authenticated(&bad));
+    assert_eq!(
+        audits(&w, AuditEvent::DeviceBarred),
+        vec![(bad.clone(), Some(Imsi::new(GW_IMSI).unwrap()))]
+    );
+    assert!(w.log.iter().any(|e| matches!(e,
+        LinkEvent::Failed { imsi: Some(i), reason: FailureCause::Refused(k), .. }
+            if *i == bad && *k == AuditEvent::DeviceBarred.into())));
+    assert!(w.gw.outcomes.contains(&(1, OutcomeResult::REFUSED)));
+    assert!(w.gw.outcomes.contains(&(2, OutcomeResult::Authenticated)));
+    // No vector request after the refusal; the challenge responses' batch and the key
+    // confirmation's batch were each checked with ONE Authorize.
+    assert_eq!(w.need_vectors, 2);
+    assert_eq!(w.authorize - authorize_before, 2);
+    assert!(authorize_sizes(&w).iter().all(|n| *n <= 2));
+}
+
+#[test]
+fn authenticated_device_barred_next_uplink_refused() {
+    let mut w = authenticated_world(3, 22);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+    });
+    let bad = Imsi::new(&imsi(2)).unwrap();
+    assert!(w.net.is_device_authenticated(&bad));
+    set_status(&mut w, &imsi(2), capillary_store::SubscriberStatus::Barred);
+    let (authorize_before, store_before) = (w.authorize, w.net.stats().store_round_trips);
+    for h in 1..=3 {
+        w.device(h).send_uplink(b"reading");
+    }
+    w.run_until(Duration::from_secs(10), |w| {
+        w.devices.iter().all(|(_, d)| !d.uplink_acks.is_empty())
+    });
+    // One batch, three pairs, ONE Authorize: one store round trip.
+    assert_eq!(w.authorize - authorize_before, 1);
+    assert_eq!(w.net.stats().store_round_trips - store_before, 1);
+    assert_eq!(authorize_sizes(&w).last(), Some(&3));
+    assert_eq!(
+        w.device(2).uplink_acks[0].1,
+        capillary_coap::Code::FORBIDDEN
+    );
+    assert_eq!(w.device(1).uplink_acks[0].1, capillary_coap::Code::CHANGED);
+    assert_eq!(w.device(3).uplink_acks[0].1, capillary_coap::Code::CHANGED);
+    let delivered: Vec<Imsi> = w
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Uplink { device, .. } => Some(device.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), 2);
+    assert!(!delivered.contains(&bad));
+    assert_eq!(audits(&w, AuditEvent::DeviceBarred).len(), 1);
+    assert!(w.gw.outcomes.contains(&(2, OutcomeResult::REFUSED)));
+    // Its OSCORE context is gone: the next uplink has nothing to verify it.
+    assert!(!w.net.is_device_authenticated(&bad));
+    assert!(w.net.queue_downlink(w.now, &bad, b"x").is_err());
+    let no_ctx = |w: &World| {
+        w.net
+            .stats()
+            .dropped
+            .get(&DropCause::NoContext)
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = no_ctx(&w);
+    w.device(2).send_uplink(b"again");
+    w.settle();
+    assert_eq!(no_ctx(&w), before + 1);
+    assert_eq!(w.device(2).uplink_acks.len(), 1);
+    assert_eq!(delivered.len(), 2);
+}
+
+#[test]
+fn revoked_gateway_is_forgotten_at_its_next_batch() {
+    let mut w = authenticated_world(3, 23);
+    w.start_devices();
+    w.run_until(Duration::from_secs(60), |w| {
+        w.devices.iter().all(|(_, d)| d.authenticated)
+    });
+    set_status(&mut w, GW_IMSI, capillary_store::SubscriberStatus::Barred);
+    let (authorize_before, store_before) = (w.authorize, w.net.stats().store_round_trips);
+    w.device(1).send_uplink(b"one");
+    w.device(3).send_uplink(b"three");
+    w.run_until(Duration::from_secs(10), |w| !w.gw.outstanding());
+    // ONE Authorize for the batch; its 2.04 is the last message under the link context and
+    // carries the refusals (4.03 to both uplinks, a refused outcome for every device).
+    assert_eq!(w.authorize - authorize_before, 1);
+    assert_eq!(w.net.stats().store_round_trips - store_before, 1);
+    assert_eq!(w.gw.responses.last(), Some(&capillary_coap::Code::CHANGED));
+    assert_eq!(
+        w.device(1).uplink_acks[0].1,
+        capillary_coap::Code::FORBIDDEN
+    );
+    assert_eq!(
+        w.device(3).uplink_acks[0].1,
+        capillary_coap::Code::FORBIDDEN
+    );
+    for h in 1..=3 {
+        assert!(w.gw.outcomes.contains(&(h, OutcomeResult::REFUSED)));
+    }
+    assert!(!w.net.is_gateway_authenticated(w.gw_addr));
+    assert!(!w.log.iter().any(|e| matches!(e, LinkEvent::Uplink { .. })));
+    let gw = Imsi::new(GW_IMSI).unwrap();
+    let revoked = audits(&w, AuditEvent::GatewayRevoked);
+    for i in 1..=3 {
+        let dev = Imsi::new(&imsi(i)).unwrap();
+        assert!(!w.net.is_device_authenticated(&dev), "device {i} dropped");
+        assert!(revoked.contains(&(dev, Some(gw.clone()))));
+    }
+    assert!(revoked.contains(&(gw.clone(), Some(gw.clone()))));
+    assert!(w.net.dangerous_export_secrets().is_empty());
+    // The gateway is forgotten: its next batch gets the unprotected 4.01 of an unknown
+    // context, with no store request.
+    let authorize_before = w.authorize;
+    w.device(2).send_uplink(b"two");
+    w.run_until(Duration::from_secs(10), |w| !w.gw.outstanding());
+    assert_eq!(
+        w.gw.responses.last(),
+        Some(&capillary_coap::Code::UNAUTHORIZED)
+    );
+    assert_eq!(w.authorize, authorize_before);
+    assert!(w.device(2).uplink_acks.is_empty());
+    // Authenticating again fails: the vector request for a barred gateway is refused.
+    w.gw.peer.authenticated = false;
+    w.gw.peer.start(w.now);
+    w.run_until(Duration::from_secs(120), |w| w.gw.peer.failed.is_some());
+    assert!(w.gw.peer.failed.is_some());
+    assert!(!w.gw.peer.authenticated);
+    assert!(!w.net.is_gateway_authenticated(w.gw_addr));
+    assert!(w.log.iter().any(|e| matches!(
+        e,
+        LinkEvent::Failed {
+            kind: SubscriberKind::Gateway,
+            reason: FailureCause::NoVector,
+            ..
+        }
+    )));
 }

@@ -421,11 +421,12 @@ fn attach_round_trips_do_not_grow_with_n() {
         );
     }
     // Store round trips: NeedVectors + Authorize for the identities, Authorize for the
-    // uplinks, whatever N. A wave of 1,000 devices needs two datagrams for three of its
+    // challenge responses (§6: every batch is checked), Authorize for the key
+    // confirmations with the uplinks, whatever N. A wave of 1,000 devices needs two datagrams for three of its
     // steps (64 KiB per batch, PROTOCOL.md §4); they are sent together and share them.
     for (n, w) in &waves {
         assert_eq!(
-            w.store_round_trips, 3,
+            w.store_round_trips, 4,
             "store round trips of an attach of {n}"
         );
     }
@@ -449,7 +450,7 @@ fn attach_round_trips_without_load() {
     for n in [1, 10, 300] {
         let w = attach(n, instant);
         assert_eq!(w.link_round_trips, 4, "N={n}");
-        assert_eq!(w.store_round_trips, 3, "N={n}");
+        assert_eq!(w.store_round_trips, 4, "N={n}");
         assert_eq!(w.link_retransmissions + w.duplicates, 0, "N={n}");
     }
 }

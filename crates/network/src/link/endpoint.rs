@@ -16,7 +16,7 @@ use capillary_oscore::{OscoreError, RequestBinding};
 use capillary_relay::batch::{MAX_COAP_BODY, MAX_ENTRIES};
 use capillary_relay::{Batch, DecodedBatch, Entry, EntryKind, OutcomeResult};
 use capillary_secrets::{Auts, Imsi, Rand};
-use capillary_store::{AuditEvent, Authorization, SubscriberKind};
+use capillary_store::{AuditEvent, Authorization, SubscriberKind, SubscriberStatus};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -70,6 +70,27 @@ struct PendingUplink {
 enum AuthzItem {
     Attach(DevKey, u64),
     Uplink(Box<PendingUplink>),
+    /// §6: the entries of one batch for a device whose identity is known, held back until
+    /// the batch's Authorize is answered.
+    Device {
+        key: DevKey,
+        generation: u64,
+        entries: Vec<Entry>,
+    },
+}
+
+impl AuthzItem {
+    fn gateway(&self) -> SocketAddr {
+        match self {
+            Self::Attach(key, _) | Self::Device { key, .. } => key.0,
+            Self::Uplink(u) => u.key.0,
+        }
+    }
+}
+
+/// §6: a gateway that is barred or no longer a gateway subscriber is revoked.
+fn gateway_revoked(a: &Authorization) -> bool {
+    matches!(a.gateway_status, None | Some(SubscriberStatus::Barred))
 }
 
 #[derive(Debug)]
@@ -147,6 +168,9 @@ pub struct LinkEndpoint {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<LinkEvent>,
     stats: LinkStats,
+    /// True while the entries of an authorized batch are processed (§6): their uplinks
+    /// are delivered without a further check.
+    preauthorized: bool,
 }
 
 impl LinkEndpoint {
@@ -176,6 +200,7 @@ impl LinkEndpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: LinkStats::default(),
+            preauthorized: false,
         }
     }
 
@@ -447,9 +472,44 @@ impl LinkEndpoint {
         else {
             return Err(LinkError::UnknownTicket);
         };
-        let mut acc = Acc::default();
+        // §6: a revoked gateway is forgotten before anything of its batches is acted on.
+        let mut revoked: Vec<SocketAddr> = Vec::new();
+        for (item, a) in items.iter().zip(&answers) {
+            let gw = item.gateway();
+            if gateway_revoked(a) && !revoked.contains(&gw) {
+                revoked.push(gw);
+            }
+        }
+        let mut kept = Vec::new();
+        let mut held_back: Vec<(DevKey, Vec<Entry>)> = Vec::new();
         for (item, a) in items.into_iter().zip(answers) {
+            if !revoked.contains(&item.gateway()) {
+                kept.push((item, a));
+                continue;
+            }
             match item {
+                AuthzItem::Device { key, entries, .. } => held_back.push((key, entries)),
+                // Answered before its context goes (§6).
+                AuthzItem::Uplink(u) => {
+                    self.device_respond(u.key, &u.request, &u.binding, Code::FORBIDDEN)
+                }
+                AuthzItem::Attach(..) => {}
+            }
+        }
+        for gw in revoked {
+            self.revoke_gateway(now, gw, &mut held_back);
+        }
+        let mut acc = Acc::default();
+        for (item, a) in kept {
+            if !self.gateways.contains_key(&item.gateway()) {
+                continue;
+            }
+            match item {
+                AuthzItem::Device {
+                    key,
+                    generation,
+                    entries,
+                } => self.finish_device_entries(now, key, generation, entries, &a, &mut acc),
                 AuthzItem::Attach(key, generation) => {
                     let mut p = Pumped::default();
                     let mut denial = None;
@@ -466,7 +526,7 @@ impl LinkEndpoint {
                     self.audit_denial(key, denial);
                     self.route_device(key, p, &mut acc);
                 }
-                AuthzItem::Uplink(u) => self.finish_uplink(now, *u, &a),
+                AuthzItem::Uplink(u) => self.finish_uplink(*u, a.denial()),
             }
         }
         self.emit_tickets(acc, None);
@@ -771,20 +831,34 @@ impl LinkEndpoint {
             gw.pending.extend(refusals);
         }
         let mut acc = Acc::default();
+        // §6: the entries of devices whose identity is known wait for ONE Authorize of
+        // all their (device, gateway) pairs; the others (no identity yet) have nothing to
+        // check and are processed now (their attach check joins the same Authorize).
+        let gw_imsi = self.gateway_imsi(from);
+        let mut gated: Vec<(u32, Imsi, u64, Vec<Entry>)> = Vec::new();
         for e in d.entries {
             let key = (from, e.handle);
-            match e.kind {
-                EntryKind::Coap(bytes) => self.device_datagram(now, key, &bytes, &mut acc),
-                EntryKind::Gone => self.remove_device(key),
-                EntryKind::Identity { .. } => {
-                    // TODO(§5, local_identity): not implemented in this version.
-                    count(&mut self.stats.dropped, DropCause::Unexpected);
-                    if let Some(gw) = self.gateways.get_mut(&from) {
-                        gw.pending.push(Entry::refusal(e.handle));
-                    }
-                }
-                // Outcomes only flow network → gateway; unknown kinds are skipped (§4).
-                _ => {}
+            if let Some(g) = gated.iter_mut().find(|g| g.0 == e.handle) {
+                g.3.push(e);
+                continue;
+            }
+            let identity = match (self.devices.get(&key), &gw_imsi) {
+                (Some(s), Some(_)) => Self::identity_to_check(s, &e),
+                _ => None,
+            };
+            match identity {
+                Some((imsi, generation)) => gated.push((e.handle, imsi, generation, vec![e])),
+                None => self.batch_entry(now, key, e, &mut acc),
+            }
+        }
+        if let Some(gw) = gw_imsi {
+            for (handle, imsi, generation, entries) in gated {
+                let item = AuthzItem::Device {
+                    key: (from, handle),
+                    generation,
+                    entries,
+                };
+                acc.authz.push(((imsi, gw.clone()), item));
             }
         }
         if acc.is_empty() {
@@ -809,6 +883,44 @@ impl LinkEndpoint {
             },
         );
         self.emit_tickets(acc, Some(batch));
+    }
+
+    /// §6: the identity an entry for session `s` must be authorized for before it is
+    /// acted on, if one is known: the identity of the run in progress (after its
+    /// EAP-Response/Identity, until key confirmation), or, between runs, the identity of
+    /// the confirmed context for OSCORE-protected messages. A run before its identity
+    /// (e.g. a new trigger) has nothing to check yet: its attach check travels with the
+    /// vector request. A run already refused is only being ended.
+    fn identity_to_check(s: &Session, e: &Entry) -> Option<(Imsi, u64)> {
+        if s.refused {
+            return None;
+        }
+        if s.run_in_progress() || s.new_keys.is_some() {
+            return s.imsi.clone().map(|i| (i, s.generation));
+        }
+        let protected = matches!(&e.kind, EntryKind::Coap(b)
+            if Message::parse(b).is_ok_and(|m| m.has_option(option_number::OSCORE)));
+        match (&s.keys_imsi, protected) {
+            (Some(i), true) => Some((i.clone(), s.generation)),
+            _ => None,
+        }
+    }
+
+    /// One entry of a batch from a gateway (§4).
+    fn batch_entry(&mut self, now: Instant, key: DevKey, e: Entry, acc: &mut Acc) {
+        match e.kind {
+            EntryKind::Coap(bytes) => self.device_datagram(now, key, &bytes, acc),
+            EntryKind::Gone => self.remove_device(key),
+            EntryKind::Identity { .. } => {
+                // TODO(§5, local_identity): not implemented in this version.
+                count(&mut self.stats.dropped, DropCause::Unexpected);
+                if let Some(gw) = self.gateways.get_mut(&key.0) {
+                    gw.pending.push(Entry::refusal(e.handle));
+                }
+            }
+            // Outcomes only flow network → gateway; unknown kinds are skipped (§4).
+            _ => {}
+        }
     }
 
     fn ticket_done(&mut self, batches: &[u64]) {
@@ -1035,6 +1147,17 @@ impl LinkEndpoint {
             &s.keys_imsi,
             gw_imsi,
         ) {
+            (true, Some(device), Some(_)) if self.preauthorized => {
+                // §6: the batch's Authorize already allowed this device.
+                let u = PendingUplink {
+                    key,
+                    generation: s.generation,
+                    device: device.clone(),
+                    request: inner,
+                    binding,
+                };
+                self.finish_uplink(u, None);
+            }
             (true, Some(device), Some(gw)) => {
                 // §6: checked with the batch's one Authorize event before delivery.
                 let u = PendingUplink {
@@ -1106,7 +1229,7 @@ impl LinkEndpoint {
         self.push_entry(key, bytes);
     }
 
-    fn finish_uplink(&mut self, now: Instant, u: PendingUplink, a: &Authorization) {
+    fn finish_uplink(&mut self, u: PendingUplink, denial: Option<AuditEvent>) {
         let current = self
             .devices
             .get(&u.key)
@@ -1114,7 +1237,7 @@ impl LinkEndpoint {
         if !current {
             return;
         }
-        match a.denial() {
+        match denial {
             None => {
                 self.events.push_back(LinkEvent::Uplink {
                     device: u.device,
@@ -1131,7 +1254,201 @@ impl LinkEndpoint {
                 self.remove_device(u.key);
             }
         }
-        let _ = now;
+    }
+
+    /// §6: the answer for a device whose entries of a batch were held back. Allowed: the
+    /// entries are processed now. Refused: an authenticated device's protected requests in
+    /// them are answered 4.03 and its context is dropped; a run in progress ends with
+    /// EAP-Failure (its EAP-Responses are not processed); either way an audit record and a
+    /// `kind 1` refused outcome.
+    fn finish_device_entries(
+        &mut self,
+        now: Instant,
+        key: DevKey,
+        generation: u64,
+        entries: Vec<Entry>,
+        a: &Authorization,
+        acc: &mut Acc,
+    ) {
+        let current = self
+            .devices
+            .get(&key)
+            .is_some_and(|s| s.generation == generation);
+        let denial = if current { a.denial() } else { None };
+        let Some(d) = denial else {
+            // Allowed, or the session changed meanwhile (a new run has no identity to
+            // check yet): process as usual.
+            self.preauthorized = current;
+            for e in entries {
+                self.batch_entry(now, key, e, acc);
+            }
+            self.preauthorized = false;
+            return;
+        };
+        self.audit_denial(key, Some(d));
+        let running = self.devices.get(&key).is_some_and(Session::run_in_progress);
+        if !running {
+            // Authenticated (or between runs): its requests are refused, its context goes.
+            for e in entries {
+                if let EntryKind::Coap(bytes) = e.kind {
+                    self.refuse_protected_request(now, key, &bytes);
+                }
+            }
+            count(&mut self.stats.failures, FailureCause::Refused(d.into()));
+            self.push_outcome(key, OutcomeResult::REFUSED, None);
+            if let Some(imsi) = self.device_imsi(key) {
+                self.events.push_back(LinkEvent::Failed {
+                    imsi: Some(imsi),
+                    kind: SubscriberKind::Device,
+                    reason: FailureCause::Refused(d.into()),
+                });
+            }
+            self.remove_device(key);
+            return;
+        }
+        let mut p = Pumped::default();
+        if let Some(s) = self.devices.get_mut(&key) {
+            s.refuse(now, d);
+            s.pump(now, &mut self.rng, &self.cfg, &mut p);
+        }
+        if let Some(imsi) = self.devices.get(&key).and_then(|s| s.keys_imsi.clone()) {
+            if self.by_imsi.get(&imsi) == Some(&key) {
+                self.by_imsi.remove(&imsi);
+            }
+        }
+        self.route_device(key, p, acc);
+        // The CoAP-EAP layer still carries the run to its EAP-Failure.
+        for e in entries {
+            self.batch_entry(now, key, e, acc);
+        }
+    }
+
+    /// Answers a protected request of a refused, authenticated device with a protected
+    /// 4.03 (§6); anything else is dropped.
+    fn refuse_protected_request(&mut self, now: Instant, key: DevKey, bytes: &[u8]) {
+        let Ok(msg) = Message::parse(bytes) else {
+            return;
+        };
+        if !msg.code.is_request() || !msg.has_option(option_number::OSCORE) {
+            return;
+        }
+        let res = match self.devices.get_mut(&key).and_then(|s| s.keys.as_mut()) {
+            Some(k) => k.ctx.unprotect_request(&msg),
+            None => return,
+        };
+        match res {
+            Ok((inner, binding)) => {
+                if let DedupResult::Duplicate(cached) =
+                    self.dev_dedup
+                        .check_typed(now, &key, msg.message_id, msg.ty)
+                {
+                    self.dev_duplicate(key, cached);
+                    return;
+                }
+                self.device_respond(key, &inner, &binding, Code::FORBIDDEN);
+            }
+            Err(_) => count(&mut self.stats.dropped, DropCause::OscoreInvalid),
+        }
+    }
+
+    /// §6: the gateway at `addr` is revoked (barred or no longer a gateway subscriber).
+    /// Every device session behind it ends as a refused pair does (audit `GatewayRevoked`,
+    /// `Failed`, EAP-Failure for a run in progress, 4.03 for the protected requests in
+    /// `held_back`, a `kind 1` refusal); the held requests of the gateway are answered one
+    /// last time under its link context, carrying those refusals; then the context is
+    /// forgotten: every later request from it gets an unprotected 4.01 (RFC 8613 §8.2) and
+    /// it relays nothing until it authenticates again.
+    fn revoke_gateway(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        held_back: &mut Vec<(DevKey, Vec<Entry>)>,
+    ) {
+        let Some(gw_imsi) = self.gateway_imsi(addr) else {
+            self.gateways.remove(&addr);
+            return;
+        };
+        let event = AuditEvent::GatewayRevoked;
+        let cause = FailureCause::Refused(event.into());
+        let mut keys: Vec<DevKey> = self
+            .devices
+            .keys()
+            .filter(|k| k.0 == addr)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        let mut scratch = Acc::default();
+        for key in keys {
+            let Some(s) = self.devices.get(&key) else {
+                continue;
+            };
+            let subject = s.keys_imsi.clone().or_else(|| s.imsi.clone());
+            let running = s.run_in_progress();
+            if let Some(subject) = subject {
+                self.events.push_back(LinkEvent::Audit(LinkAudit {
+                    event,
+                    subject: subject.clone(),
+                    gateway: Some(gw_imsi.clone()),
+                    detail: format!("refused: {event}"),
+                }));
+                self.events.push_back(LinkEvent::Failed {
+                    imsi: Some(subject),
+                    kind: SubscriberKind::Device,
+                    reason: cause,
+                });
+            }
+            count(&mut self.stats.failures, cause);
+            let entries: Vec<Entry> = match held_back.iter().position(|(k, _)| *k == key) {
+                Some(i) => held_back.swap_remove(i).1,
+                None => Vec::new(),
+            };
+            if running {
+                let mut p = Pumped::default();
+                if let Some(s) = self.devices.get_mut(&key) {
+                    s.refuse(now, event);
+                    s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                }
+                for b in p.out {
+                    self.push_entry(key, b);
+                }
+                // CoAP-EAP carries the run to its EAP-Failure; nothing else is processed.
+                for e in entries {
+                    self.batch_entry(now, key, e, &mut scratch);
+                }
+            } else {
+                for e in entries {
+                    if let EntryKind::Coap(bytes) = e.kind {
+                        self.refuse_protected_request(now, key, &bytes);
+                    }
+                }
+            }
+            self.push_outcome(key, OutcomeResult::REFUSED, None);
+            self.remove_device(key);
+        }
+        self.events.push_back(LinkEvent::Audit(LinkAudit {
+            event,
+            subject: gw_imsi.clone(),
+            gateway: Some(gw_imsi.clone()),
+            detail: "gateway revoked: link context dropped".into(),
+        }));
+        self.events.push_back(LinkEvent::Failed {
+            imsi: Some(gw_imsi),
+            kind: SubscriberKind::Gateway,
+            reason: cause,
+        });
+        let mut held: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.gateway == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        held.sort_unstable();
+        for id in held {
+            if let Some(r) = self.held.remove(&id).and_then(|h| h.respond) {
+                self.respond_batch(addr, r);
+            }
+        }
+        self.gateways.remove(&addr);
     }
 
     fn device_protected_response(

@@ -28,6 +28,16 @@
 //! - **Devices** after authentication: an OSCORE context from their MSK (RFC 9820 §6.2);
 //!   protected `POST u` uplinks become [`LinkEvent::Uplink`] and get a protected `2.04`;
 //!   [`LinkEndpoint::queue_downlink`] sends a protected CON `POST d` through the gateway.
+//! - **Authorization** (PROTOCOL.md §6) takes effect at the next message: every batch is
+//!   checked with ONE [`LinkEvent::Authorize`] covering all its `(device, gateway)` pairs
+//!   before the entries of a device with a known identity are acted on (a run's identity
+//!   from its EAP-Response/Identity on, or the confirmed context's for protected
+//!   messages); a run before its identity is checked with its vector request, in the same
+//!   event. A refused device gets EAP-Failure (run in progress) or 4.03 and loses its
+//!   context (authenticated), plus an audit record and a `kind 1` refusal. A gateway found
+//!   barred or unknown is forgotten: its devices end that way, the batch's `2.04` carrying
+//!   their refusals is the last message under its link context, later requests get an
+//!   unprotected 4.01 and it relays nothing until it authenticates again.
 //! - Replayed or tampered messages on either OSCORE layer are dropped and counted
 //!   ([`LinkStats::dropped`]); no input bytes can make it panic.
 //!
@@ -39,8 +49,6 @@
 //!   they hand out (an identity must be durable before the message that carries it leaves).
 //! - The Sender Sequence Numbers of the contexts are volatile (RFC 8613 Appendix B.2: every
 //!   context is derived afresh from a new MSK).
-//! - Authorization is checked for every attach (with the vector request) and for every
-//!   uplink batch; the intermediate EAP round trips of an attach are not re-checked.
 
 mod endpoint;
 mod session;

@@ -116,6 +116,12 @@ pub(crate) struct Session {
     /// Why EAP failed, recorded when the EAP server gave up.
     pub eap_failure: Option<FailureCause>,
     pub downlink: Downlink,
+    /// The run was refused by the authorization check (PROTOCOL.md §6): the next
+    /// EAP-Response is answered with EAP-Failure instead of reaching the EAP server.
+    pub refused: bool,
+    /// Identifier of the last EAP-Response received (the EAP-Failure echoes it, RFC 3748
+    /// §4.2).
+    last_response_id: Option<u8>,
 }
 
 impl Session {
@@ -149,6 +155,36 @@ impl Session {
                 queue: VecDeque::new(),
                 outstanding: HashMap::new(),
             },
+            refused: false,
+            last_response_id: None,
+        }
+    }
+
+    /// Is an EAP run in progress (not yet ended by EAP-Success or EAP-Failure)?
+    pub fn run_in_progress(&self) -> bool {
+        self.server.as_ref().is_some_and(|s| !s.is_finished())
+    }
+
+    /// PROTOCOL.md §6: the authorization check refused this device at its next message.
+    /// Every OSCORE context (confirmed and pending) is dropped at once; a run in progress
+    /// ends with EAP-Failure (RFC 3748 §4.2), now if the authenticator is waiting for the
+    /// network, else in answer to the device's next EAP-Response. Call [`Session::pump`]
+    /// next; the run then ends as [`Finish::Failed`] with [`FailureCause::Refused`].
+    pub fn refuse(&mut self, now: Instant, denial: AuditEvent) {
+        self.keys = None;
+        self.new_keys = None;
+        self.pending_secrets = None;
+        self.wait = None;
+        self.eap_failure = Some(FailureCause::Refused(denial.into()));
+        if !self.run_in_progress() {
+            return;
+        }
+        self.refused = true;
+        if let Some(id) = self.last_response_id {
+            // Err: a request is outstanding; its answer gets the EAP-Failure.
+            if self.auth.send_eap_failure(now, &eap::failure(id)).is_ok() {
+                self.server = None;
+            }
         }
     }
 
@@ -237,6 +273,8 @@ impl Session {
                 self.new_keys = None;
                 self.protected_out.clear();
                 self.eap_failure = None;
+                self.refused = false;
+                self.last_response_id = None;
                 // Errors here mean the authenticator is not waiting: nothing to send.
                 let _ = self.auth.send_eap_request(now, &eap::identity_request(id));
             }
@@ -263,6 +301,16 @@ impl Session {
                 }
             }
             AuthEvent::EapResponse(r) => {
+                self.last_response_id = r.get(1).copied();
+                if self.refused {
+                    // §6: refused mid-run; the response is not processed.
+                    if let Some(id) = self.last_response_id {
+                        if self.auth.send_eap_failure(now, &eap::failure(id)).is_ok() {
+                            self.server = None;
+                        }
+                    }
+                    return;
+                }
                 if let Some(server) = self.server.as_mut() {
                     server.handle_response(&r, rng);
                 }

@@ -289,8 +289,16 @@ impl GatewaySim {
                 self.deliver(&inner.payload);
             }
         }
-        // Unprotected responses to POST /r (errors) are ignored here.
-        let _ = Message::parse(bytes);
+        // An unprotected error answering our POST /r (e.g. 4.01: the network forgot our
+        // link context, PROTOCOL.md §6) ends that exchange.
+        if let Ok(m) = Message::parse(bytes) {
+            if !m.has_option(option_number::OSCORE)
+                && m.code.is_response()
+                && self.out_req.remove(&m.message_id).is_some()
+            {
+                self.responses.push(m.code);
+            }
+        }
     }
 
     /// The batch window closed: one POST /r with everything collected (NSTART 1).
