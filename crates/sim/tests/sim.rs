@@ -61,10 +61,11 @@ fn batched_constant_naive_grows() {
         assert_eq!(r.uplinks_delivered, r.devices);
     }
     assert_eq!(b10.gateway_link.round_trips, b300.gateway_link.round_trips);
-    // Store: one vector request and one authorization for the identities, one
-    // authorization for the uplinks (PROTOCOL.md §7), whatever N.
+    // Store: one vector request and one authorization for the identities, one authorization
+    // for the challenge responses (authorization on every batch, PROTOCOL.md §6), one for the
+    // uplinks (PROTOCOL.md §7), whatever N.
     assert_eq!(b10.store.round_trips, b300.store.round_trips);
-    assert_eq!(b300.store.round_trips, 3);
+    assert_eq!(b300.store.round_trips, 4);
 
     assert_eq!(
         b300.gateway_link.round_trips, 4,
