@@ -377,6 +377,12 @@ async fn receive_loop(core: Arc<Core>) {
                 }
             }
             Incoming::InProgress => debug!(%from, "duplicate request still being processed"),
+            Incoming::Reply(bytes) => {
+                debug!(%from, "Status-Server answered");
+                if let Err(e) = core.socket.send_to(&bytes, from).await {
+                    warn!(%from, error = %e, "RADIUS send failed");
+                }
+            }
             Incoming::Request(req) => {
                 // Most of a request's work is CPU (RADIUS, EAP, a vector from the AuC's stock)
                 // up to its first store write, and a challenge response needs no store at all:

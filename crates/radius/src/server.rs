@@ -243,6 +243,8 @@ pub enum Incoming {
     InProgress,
     /// A new request for the EAP layer.
     Request(AccessRequest),
+    /// A request the server answered itself (Status-Server, RFC 5997): send these bytes back.
+    Reply(Vec<u8>),
 }
 
 /// Counters (monotonic).
@@ -253,6 +255,8 @@ pub struct Stats {
     pub received: u64,
     /// New Access-Requests handed to the EAP layer.
     pub requests: u64,
+    /// Status-Server requests answered (RFC 5997).
+    pub status_server: u64,
     /// Access-Accepts built.
     pub accepts: u64,
     /// Access-Rejects built.
@@ -341,6 +345,30 @@ impl RadiusServer {
             .max_by_key(|c| c.prefix_len.min(c.width()))
     }
 
+    /// Status-Server (RFC 5997 §3): authenticated by its Message-Authenticator, which it must
+    /// carry; answered with an Access-Accept carrying only a Message-Authenticator. It never
+    /// reaches the EAP layer and creates no state, so it needs no duplicate detection.
+    fn status_server(&mut self, secret: &SharedSecret, packet: &Packet, bytes: &[u8]) -> Incoming {
+        match crypto::check_ma(secret.expose(), &packet.authenticator, bytes) {
+            MaCheck::Valid => {}
+            MaCheck::Absent => return self.discard(DiscardReason::MissingMessageAuthenticator),
+            MaCheck::Invalid => return self.discard(DiscardReason::BadMessageAuthenticator),
+        }
+        let reply = Packet {
+            code: Code::Accept,
+            identifier: packet.identifier,
+            authenticator: [0; 16],
+            attributes: Vec::new(),
+        };
+        match crypto::sign_response(secret.expose(), &packet.authenticator, &reply) {
+            Ok(bytes) => {
+                self.stats.status_server += 1;
+                Incoming::Reply(bytes)
+            }
+            Err(_) => self.discard(DiscardReason::UnsupportedCode(packet.code.to_u8())),
+        }
+    }
+
     fn discard(&mut self, reason: DiscardReason) -> Incoming {
         let s = &mut self.stats;
         match &reason {
@@ -373,6 +401,9 @@ impl RadiusServer {
             Ok(p) => p,
             Err(e) => return self.discard(DiscardReason::Malformed(e)),
         };
+        if packet.code == Code::StatusServer {
+            return self.status_server(&secret, &packet, bytes);
+        }
         if packet.code != Code::AccessRequest {
             return self.discard(DiscardReason::UnsupportedCode(packet.code.to_u8()));
         }

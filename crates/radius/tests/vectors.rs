@@ -199,3 +199,50 @@ fn decode_errors() {
         Err(DecodeError::BadMessageAuthenticatorAttribute)
     );
 }
+
+/// The server answers the RFC 5997 §6 Status-Server with an Access-Accept that the client can
+/// verify (Response Authenticator and, as we always add one, Message-Authenticator); the same
+/// packet under another secret, or without its Message-Authenticator, is discarded.
+#[test]
+fn rfc5997_status_server_is_answered() {
+    use capillary_radius::{ClientConfig, DiscardReason, Incoming, RadiusServer, ServerConfig};
+    let v = vectors("rfc5997.toml");
+    let make = |secret: &[u8]| {
+        RadiusServer::new(ServerConfig {
+            clients: vec![ClientConfig {
+                name: "nas".into(),
+                addr: "127.0.0.1".parse().unwrap(),
+                prefix_len: 32,
+                secret: secret.to_vec().into(),
+                trusted: false,
+            }],
+            duplicate_window: std::time::Duration::from_secs(30),
+        })
+    };
+    let from: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let now = std::time::Instant::now();
+    let req = &v["status_server"];
+    let ra = Packet::parse(req).unwrap().authenticator;
+    let mut server = make(&v["secret"]);
+    let Incoming::Reply(bytes) = server.handle_datagram(now, from, req) else {
+        panic!("Status-Server not answered");
+    };
+    let reply = client::verify_response(&v["secret"], &ra, &bytes).unwrap();
+    assert_eq!(reply.code, Code::Accept);
+    assert_eq!(reply.identifier, 0xda);
+    assert_eq!(server.stats().status_server, 1);
+    assert_eq!(server.stats().requests, 0, "never reaches the EAP layer");
+
+    let mut other = make(b"not-the-secret");
+    assert_eq!(
+        other.handle_datagram(now, from, req),
+        Incoming::Discard(DiscardReason::BadMessageAuthenticator)
+    );
+    let mut no_ma = Packet::parse(req).unwrap();
+    no_ma.attributes.clear();
+    let bytes = no_ma.emit().unwrap();
+    assert_eq!(
+        server.handle_datagram(now, from, &bytes),
+        Incoming::Discard(DiscardReason::MissingMessageAuthenticator)
+    );
+}
