@@ -3,6 +3,8 @@
 //! a peer. It prints key material on purpose: it is an operator's offline tool.
 
 use anyhow::{bail, Context, Result};
+
+use crate::parse_u64;
 use capillary_aka::prime::{ck_ik_prime, full_auth_keys};
 use capillary_aka::vector::{generate_vector, verify_auts};
 use capillary_aka::Milenage;
@@ -51,13 +53,6 @@ pub struct AucGenArgs {
     /// EAP identity for the EAP-AKA' key derivation, e.g. 6001010000000001@realm.
     #[arg(long, requires = "network_name")]
     pub identity: Option<String>,
-}
-
-fn parse_u64(text: &str) -> Result<u64> {
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16).context("not a hex number"),
-        None => text.parse::<u64>().context("not a decimal number"),
-    }
 }
 
 /// Runs the command, printing to stdout.

@@ -332,7 +332,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => {
-            tmp = tempfile_dir()?;
+            tmp = crate::private_temp_dir("capillary-demo")?;
             tmp.clone()
         }
     };
@@ -358,17 +358,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         bail!("the demo did not complete");
     }
     Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for n in 0..1000u32 {
-        let dir = base.join(format!("capillary-demo-{}-{n}", std::process::id()));
-        if std::fs::create_dir(&dir).is_ok() {
-            return Ok(dir);
-        }
-    }
-    bail!("cannot create a directory under {}", base.display())
 }
 
 #[cfg(test)]

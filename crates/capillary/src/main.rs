@@ -139,6 +139,26 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Parses a number given in decimal or, with `0x`, in hex (as osmo-auc-gen's `--sqn`).
+pub(crate) fn parse_u64(text: &str) -> Result<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).context("not a hex number"),
+        None => text.parse::<u64>().context("not a decimal number"),
+    }
+}
+
+/// Creates a fresh directory `<tmp>/<prefix>-<pid>-<n>` for this process.
+pub(crate) fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let dir = base.join(format!("{prefix}-{}-{n}", std::process::id()));
+        if std::fs::create_dir(&dir).is_ok() {
+            return Ok(dir);
+        }
+    }
+    anyhow::bail!("cannot create a directory under {}", base.display())
+}
+
 /// The default data directory: `$XDG_DATA_HOME/capillary`, else `~/.local/share/capillary`.
 pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {

@@ -9,6 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::parse_u64;
 use capillary_secrets::{Amf, Imsi, Op, Opc, Secret, K};
 use capillary_store::{
     AuditRecord, NewSubscriber, OpKind, SqliteStore, SubscriberInfo, SubscriberKind,
@@ -150,13 +152,6 @@ fn open(store: &StoreArgs) -> Result<SqliteStore> {
         .with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("subscribers.db");
     SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))
-}
-
-fn parse_u64(text: &str) -> Result<u64> {
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16).context("not a hex number"),
-        None => text.parse::<u64>().context("not a decimal number"),
-    }
 }
 
 fn parse_kind(text: &str) -> Result<SubscriberKind> {

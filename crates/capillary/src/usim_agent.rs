@@ -126,7 +126,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let dir = tempfile_dir()?;
+    let dir = crate::private_temp_dir("capillary-usim")?;
     let local = dir.join("agent.sock");
     let sock = UnixDatagram::bind(&local).context("binding the agent's socket")?;
     let result = (|| -> Result<()> {
@@ -172,20 +172,6 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     let _ = std::fs::remove_file(&local);
     let _ = std::fs::remove_dir(&dir);
     result
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for n in 0..1000u32 {
-        let dir = base.join(format!("capillary-usim-{}-{n}", std::process::id()));
-        if std::fs::create_dir(&dir).is_ok() {
-            return Ok(dir);
-        }
-    }
-    bail!(
-        "cannot create a directory for the agent's socket under {}",
-        base.display()
-    )
 }
 
 #[cfg(test)]

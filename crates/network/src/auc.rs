@@ -26,6 +26,8 @@ use capillary_secrets::{Auts, Imsi, Rand};
 use capillary_store::{AuthMaterial, OpKind, StoreError, SubscriberKind, SubscriberStore};
 use rand::RngCore;
 
+use crate::lock;
+
 /// Why no vector could be produced.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -46,6 +48,18 @@ pub enum AucError {
     /// The store failed.
     #[error("store: {0}")]
     Store(StoreError),
+}
+
+impl AucError {
+    /// The EAP server's reason for the failure (what goes on the wire: RFC 4187 §6.3.1).
+    pub fn reject_reason(&self) -> capillary_eap::server::RejectReason {
+        use capillary_eap::server::RejectReason;
+        match self {
+            AucError::UnknownSubscriber | AucError::WrongKind => RejectReason::Unknown,
+            AucError::Barred => RejectReason::Barred,
+            _ => RejectReason::StoreFailure,
+        }
+    }
 }
 
 impl From<StoreError> for AucError {
@@ -93,10 +107,6 @@ struct Entry {
 struct Stock {
     cfg: Prefetch,
     entries: Mutex<HashMap<Imsi, Entry>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Authentication centre of one network-side instance, owning one IND lane.

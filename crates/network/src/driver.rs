@@ -6,11 +6,11 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use capillary_eap::server::{
-    EapAkaServer, FailureReason, IdentityKind, Method, ReauthContext, RejectReason, ServerConfig,
-    ServerEvent, VectorInput,
+    EapAkaServer, FailureReason, IdentityKind, Method, ReauthContext, ServerConfig, ServerEvent,
+    VectorInput,
 };
 use capillary_radius::{AccessRequest, ClientConfig, Incoming, RadiusServer, Reply};
 use capillary_store::{ReauthRecord, SqliteStore, StoreError, SubscriberStore};
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::auc::{Auc, AucError, Prefetch};
 use crate::config::CoreConfig;
+use crate::{lock, unix_now};
 
 /// Why the network side could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -158,11 +159,6 @@ impl CoreHandle {
             info!(stats = ?link.stats(), "gateway link counters");
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere must not take the server down with it: the data stays usable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct Session {
@@ -418,13 +414,6 @@ enum Outcome {
     StoreFailure,
     /// The EAP server dropped the packet (RFC 3748 §2.1 silent discard); no reply.
     Silent,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
@@ -772,25 +761,13 @@ fn failure_name(r: &FailureReason) -> String {
 }
 
 fn reject_subscriber(s: &mut Session, imsi: &capillary_secrets::Imsi, e: AucError) {
-    let reason = match &e {
-        AucError::UnknownSubscriber => {
-            info!(%imsi, "unknown subscriber");
-            RejectReason::Unknown
-        }
-        AucError::Barred => {
-            info!(%imsi, "subscriber barred");
-            RejectReason::Barred
-        }
-        AucError::BadAuts => {
-            info!(%imsi, "AUTS did not verify: resynchronisation refused");
-            RejectReason::StoreFailure
-        }
-        _ => {
-            warn!(%imsi, error = %e, "no authentication vector");
-            RejectReason::StoreFailure
-        }
-    };
-    s.eap.subscriber_rejected(reason);
+    match &e {
+        AucError::UnknownSubscriber => info!(%imsi, "unknown subscriber"),
+        AucError::Barred => info!(%imsi, "subscriber barred"),
+        AucError::BadAuts => info!(%imsi, "AUTS did not verify: resynchronisation refused"),
+        _ => warn!(%imsi, error = %e, "no authentication vector"),
+    }
+    s.eap.subscriber_rejected(e.reject_reason());
 }
 
 #[cfg(test)]

@@ -18,3 +18,16 @@ pub mod northbound;
 mod secret_file;
 
 pub use driver::{create_private_dir, run, run_with_store, CoreHandle, NetworkError};
+
+/// Locks a mutex whose data stays usable after a panic elsewhere (no invariant spans a lock).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it), for expiry and audit times.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use capillary_eap::server::RejectReason;
 use capillary_secrets::Imsi;
@@ -13,8 +13,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::auc::{Auc, AucError};
+use crate::auc::Auc;
 use crate::link::{LinkConfig, LinkEndpoint, LinkEvent, LinkStats};
+use crate::unix_now;
 
 /// An uplink delivered to the MTC server side.
 #[derive(Debug, Clone)]
@@ -79,21 +80,6 @@ impl LinkHandle {
     /// Counters so far.
     pub fn stats(&self) -> LinkStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn reject(e: &AucError) -> RejectReason {
-    match e {
-        AucError::UnknownSubscriber | AucError::WrongKind => RejectReason::Unknown,
-        AucError::Barred => RejectReason::Barred,
-        _ => RejectReason::StoreFailure,
     }
 }
 
@@ -190,7 +176,7 @@ async fn handle_event(
             let answers = match auc.vectors(&requests).await {
                 Ok(results) => results
                     .into_iter()
-                    .map(|r| r.map_err(|e| reject(&e)))
+                    .map(|r| r.map_err(|e| e.reject_reason()))
                     .collect(),
                 Err(e) => {
                     warn!(error = %e, "vector batch failed");
@@ -213,9 +199,9 @@ async fn handle_event(
             let answer = match auc.resync(&imsi, &rand, &auts).await {
                 Ok(seq_ms) => {
                     info!(%imsi, seq_ms, "SQN resynchronised from AUTS (gateway link)");
-                    auc.vector(&imsi).await.map_err(|e| reject(&e))
+                    auc.vector(&imsi).await.map_err(|e| e.reject_reason())
                 }
-                Err(e) => Err(reject(&e)),
+                Err(e) => Err(e.reject_reason()),
             };
             if let Err(e) = ep.provide_vectors(Instant::now(), ticket, vec![answer]) {
                 warn!(error = %e, "resync vector not taken");
