@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod auc_gen;
+mod bench_gateway;
 mod bench_radius;
 mod demo;
 mod device_cmd;
@@ -50,9 +51,13 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum BenchCmd {
     /// EAP-AKA' RADIUS load: many concurrent sessions, full or fast re-authentication.
     Radius(bench_radius::Args),
+    /// Device authentications per second through one gateway (network and gateway over
+    /// loopback UDP, devices in memory).
+    Gateway(bench_gateway::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gateway(args) => gateway_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::Bench(BenchCmd::Radius(args)) => bench_radius::run(args),
+        Command::Bench(BenchCmd::Gateway(args)) => bench_gateway::run(args),
     }
 }
 

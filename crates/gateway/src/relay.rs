@@ -99,10 +99,14 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         self.batcher.is_empty() && self.ready.is_empty()
     }
 
-    /// Adds an entry; a batch that is full moves to `ready` (up to `max_ready` of them).
+    /// Adds an entry; a batch that is full moves to `ready`. The ready queue needs no bound
+    /// of its own: every device has at most `max_pending_per_device` entries waiting and at
+    /// most `max_devices` devices are held, so the entries waiting are bounded by their
+    /// product. Dropping entries of a wave larger than NSTART datagrams here would only make
+    /// the devices retransmit seconds later (RFC 7252 §4.2), the costliest way to queue them.
     fn push(&mut self, now: Instant, entry: Entry) -> Result<(), RelayError> {
         let r = match self.batcher.push(now, entry.clone()) {
-            Err(RelayError::Full) if self.ready.len() < self.limits.max_ready => {
+            Err(RelayError::Full) => {
                 // Full implies a sealed batch: the batcher hands it out first.
                 if let Some(b) = self.batcher.flush() {
                     self.ready.push_back(b);

@@ -121,9 +121,28 @@ async fn drive(
     let store: Arc<dyn SubscriberStore> = auc.store().clone();
     let mut buf = vec![0u8; 70_000];
     loop {
-        // Events first: they may produce datagrams; then send everything queued.
+        // Events first: they may produce datagrams; then send everything queued. The audit
+        // records of one round are written together (one store round trip, not one fsync'd
+        // transaction per device: an attach wave of N devices records N successes), and
+        // before the datagrams that report those outcomes leave.
+        let mut audits = Vec::new();
         while let Some(ev) = ep.poll_event() {
-            handle_event(&mut ep, ev, &auc, store.as_ref(), &uplinks).await;
+            match ev {
+                LinkEvent::Audit(a) => audits.push(AuditRecord {
+                    unix_time: unix_now(),
+                    event: a.event,
+                    subject: a.subject,
+                    gateway: a.gateway,
+                    detail: a.detail,
+                }),
+                ev => handle_event(&mut ep, ev, &auc, store.as_ref(), &uplinks).await,
+            }
+        }
+        if !audits.is_empty() {
+            let n = audits.len();
+            if let Err(e) = store.audit_batch(audits).await {
+                warn!(error = %e, records = n, "audit records not stored");
+            }
         }
         while let Some((to, bytes)) = ep.poll_transmit() {
             if let Err(e) = sock.send_to(&bytes, to).await {
@@ -224,18 +243,6 @@ async fn handle_event(
         LinkEvent::Uplink { device, payload } => {
             debug!(%device, bytes = payload.len(), "uplink");
             let _ = uplinks.send(Uplink { device, payload });
-        }
-        LinkEvent::Audit(a) => {
-            let rec = AuditRecord {
-                unix_time: unix_now(),
-                event: a.event,
-                subject: a.subject,
-                gateway: a.gateway,
-                detail: a.detail,
-            };
-            if let Err(e) = store.audit(rec).await {
-                warn!(error = %e, "audit record not stored");
-            }
         }
         other => debug!(event = ?other, "gateway link event"),
     }

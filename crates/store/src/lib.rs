@@ -639,6 +639,20 @@ pub trait SubscriberStore: Send + Sync + 'static {
     /// than [`MAX_AUDIT_DETAIL`] or `unix_time` exceeds `i64::MAX`.
     async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError>;
 
+    /// Appends several records to the audit log in one store round trip (one transaction:
+    /// all of them or none), in order. Every record is checked as in
+    /// [`SubscriberStore::audit`] before any is written. The default calls `audit` once per
+    /// record (one round trip each); the backends override it.
+    async fn audit_batch(&self, recs: Vec<AuditRecord>) -> Result<(), StoreError> {
+        for r in &recs {
+            r.check()?;
+        }
+        for r in recs {
+            self.audit(r).await?;
+        }
+        Ok(())
+    }
+
     /// Up to `limit` audit records with id greater than `after_id`, oldest first, only those
     /// about `subject` if given. Ids are positive, increasing and never reused; page with the
     /// last id returned.

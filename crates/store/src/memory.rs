@@ -452,6 +452,19 @@ impl SubscriberStore for MemoryStore {
         Ok(())
     }
 
+    async fn audit_batch(&self, recs: Vec<AuditRecord>) -> Result<(), StoreError> {
+        for r in &recs {
+            r.check()?;
+        }
+        let mut st = self.lock();
+        for rec in recs {
+            st.last_audit_id += 1;
+            let id = st.last_audit_id;
+            st.audit.push((id, rec));
+        }
+        Ok(())
+    }
+
     async fn audit_log(
         &self,
         subject: Option<&Imsi>,

@@ -1141,6 +1141,32 @@ impl SubscriberStore for SqliteStore {
         .await
     }
 
+    async fn audit_batch(&self, recs: Vec<AuditRecord>) -> Result<(), StoreError> {
+        for r in &recs {
+            r.check()?;
+        }
+        if recs.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit (unix_time, event, subject, gateway, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for rec in &recs {
+                stmt.execute(params![
+                    unix_to_sql(rec.unix_time),
+                    rec.event.as_str(),
+                    rec.subject.as_str(),
+                    rec.gateway.as_ref().map(Imsi::as_str),
+                    rec.detail,
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn audit_log(
         &self,
         subject: Option<&Imsi>,

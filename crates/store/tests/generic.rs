@@ -705,6 +705,49 @@ async fn audit_log<S: SubscriberStore>(s: S) {
     assert!(tail[0].0 > all.last().unwrap().0);
 }
 
+/// `audit_batch`: one round trip, in order, all or nothing.
+async fn audit_batch<S: SubscriberStore>(s: S) {
+    s.import(vec![gw(1), sub(10), sub(11)]).await.unwrap();
+    s.audit(rec(1, AuditEvent::AuthFailed, 11, None, "before"))
+        .await
+        .unwrap();
+    let batch: Vec<AuditRecord> = (0..50)
+        .map(|i| {
+            rec(
+                1_700_000_000 + i,
+                AuditEvent::AuthSucceeded,
+                10 + (i % 2),
+                Some(1),
+                "authenticated",
+            )
+        })
+        .collect();
+    s.audit_batch(batch.clone()).await.unwrap();
+    let all = s.audit_log(None, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 51);
+    assert_eq!(
+        all[1..].iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+        batch
+    );
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    s.audit_batch(Vec::new()).await.unwrap();
+
+    // One bad record refuses the whole batch: nothing of it is appended.
+    let mut bad = batch[..3].to_vec();
+    bad.push(rec(
+        5,
+        AuditEvent::AuthFailed,
+        10,
+        None,
+        &"y".repeat(MAX_AUDIT_DETAIL + 1),
+    ));
+    assert!(matches!(
+        s.audit_batch(bad).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(s.audit_log(None, 0, 100).await.unwrap(), all);
+}
+
 type ErrCheck = fn(&StoreError) -> bool;
 
 async fn import_with_bindings<S: SubscriberStore>(s: S) {
@@ -811,5 +854,6 @@ all_backends!(
     gateway_bindings,
     authorize_batch_mix,
     audit_log,
+    audit_batch,
     import_with_bindings,
 );
