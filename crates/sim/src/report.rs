@@ -47,6 +47,7 @@ impl SimReport {
             },
             "attach_all_ms": ms(self.attach_all),
             "duration_ms": ms(self.duration),
+            "network_dropped": self.network_dropped,
         })
     }
 }
