@@ -84,7 +84,8 @@ pub struct SimArgs {
     /// Fraction of devices with a wrong K (refused, counted).
     #[arg(long, default_value_t = 0.0)]
     refused: f64,
-    /// A device whose authentication failed starts again after this long (ms).
+    /// A device whose authentication failed starts again after this long (ms), doubled per
+    /// further failure in a row, times a random factor in [0.5, 1.5).
     #[arg(long, default_value_t = 1000.0)]
     restart_ms: f64,
     /// Shared device CPU per datagram (µs), per gateway.
@@ -204,7 +205,11 @@ pub fn run(args: SimArgs) -> Result<()> {
                         && args.naive_max_devices > 0
                         && devices > args.naive_max_devices
                     {
-                        skipped.push(format!("{} {} naive N={devices}", scenario.name(), preset.name()));
+                        skipped.push(format!(
+                            "{} {} naive N={devices}",
+                            scenario.name(),
+                            preset.name()
+                        ));
                         continue;
                     }
                     let mut link = preset.link();

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use capillary_aka::vector::{generate_vector, AuthVector};
 use capillary_aka::Milenage;
-use capillary_device::{Device, DeviceConfig, DeviceEvent};
 use capillary_coap::msg::option_number;
 use capillary_coap::Message;
+use capillary_device::{Device, DeviceConfig, DeviceEvent};
 use capillary_gateway::{
     BatcherConfig, Gateway, GatewayConfig, GatewayEvent, GatewayOptions, Transmit,
 };
@@ -331,7 +331,9 @@ pub struct SimConfig {
     /// refused (their authentication fails, they do not retry) and do not take part in
     /// uplinks or reboots.
     pub refused_fraction: f64,
-    /// A device whose authentication failed starts again after this long (its driver).
+    /// A device whose authentication failed starts again after this long (its driver),
+    /// doubled for each further failure in a row (at most 256 times), with a random factor
+    /// in [0.5, 1.5).
     pub restart_delay: Duration,
     /// CPU time of one device datagram; the devices of one gateway share one CPU.
     pub device_cpu: Duration,
@@ -694,6 +696,8 @@ struct DevState {
     bad: bool,
     /// A bad device's authentication failed.
     refused: bool,
+    /// Failed authentications in a row (reset by a success): the restart back-off.
+    fails: u32,
     started: Option<Instant>,
     attach: Option<Duration>,
     /// Cold storm: uplinks still to send.
@@ -1184,7 +1188,8 @@ impl Sim {
                 }
             } else {
                 self.c.failures += 1;
-                let at = now + self.cfg.restart_delay;
+                st.fails += 1;
+                let at = now + self.restart_backoff(i);
                 self.schedule(at, Ev::Start(i));
             }
         }
@@ -1194,6 +1199,7 @@ impl Sim {
             let phase = self.phase;
             let st = &mut self.dev[i as usize];
             st.reauthenticating = false;
+            st.fails = 0;
             match phase {
                 Phase::Storm if st.attach.is_none() => {
                     self.storm_authenticated += 1;
@@ -1234,6 +1240,17 @@ impl Sim {
         }
         self.refresh_timer(i);
         Ok(())
+    }
+
+    /// The driver's wait before restarting device `i` after its `fails`-th failure in a
+    /// row: [`SimConfig::restart_delay`] doubled per earlier failure (at most 2^8 times),
+    /// times a uniform factor in [0.5, 1.5) so that devices that failed together do not
+    /// retry together.
+    fn restart_backoff(&mut self, i: u32) -> Duration {
+        let fails = self.dev[i as usize].fails.clamp(1, 9);
+        let base = self.cfg.restart_delay * (1u32 << (fails - 1));
+        let f: f64 = self.dev_rng[i as usize].gen_range(0.5..1.5);
+        base.mul_f64(f)
     }
 
     /// Hands device `i` its next uplink now and schedules the one after (storm: the

@@ -490,9 +490,7 @@ fn series_of(
             keys.push(k);
         }
     }
-    let several = reports
-        .iter()
-        .any(|r| r.scenario != reports[0].scenario);
+    let several = reports.iter().any(|r| r.scenario != reports[0].scenario);
     keys.into_iter()
         .map(|(mode, scenario, link)| {
             let vals = cats

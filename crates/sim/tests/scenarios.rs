@@ -163,3 +163,30 @@ fn ten_thousand_is_the_limit() {
     c.devices_per_gateway = 10_001;
     assert!(c.validate().is_err());
 }
+
+/// The one hook of the modes: naive turns batching off on both ends, batched keeps the
+/// defaults of the gateway and the network.
+#[test]
+fn apply_mode_is_the_one_switch() {
+    use capillary_gateway::{BatcherConfig, GatewayOptions};
+    use capillary_network::link::LinkConfig;
+    use capillary_sim::apply_mode;
+    let (mut b, mut o, mut l) = (
+        BatcherConfig::default(),
+        GatewayOptions::default(),
+        LinkConfig::default(),
+    );
+    apply_mode(Mode::Batched, 4, &mut b, &mut o, &mut l);
+    assert_eq!(b, BatcherConfig::default());
+    assert_eq!(o, GatewayOptions::default());
+    assert_eq!(l.max_batch_entries, LinkConfig::default().max_batch_entries);
+    apply_mode(Mode::Naive, 7, &mut b, &mut o, &mut l);
+    assert_eq!((b.max_entries, b.window), (1, Duration::ZERO));
+    assert_eq!((o.batch_max_delay, o.link.nstart), (Duration::ZERO, 7));
+    assert_eq!((l.max_batch_entries, l.transmission.nstart), (1, 7));
+    assert_eq!(l.batch_window, Duration::ZERO);
+    for m in ["naive", "batched", "optimised", "optimized"] {
+        assert!(Mode::parse(m).is_ok());
+    }
+    assert!(Mode::parse("fast").is_err());
+}
