@@ -262,10 +262,12 @@ pub fn run(args: SimArgs) -> Result<()> {
                         if !quiet {
                             let _ = write!(
                                 stderr,
-                                "\r{label}: t={:.1}s authenticated {}/{} events {}   ",
+                                "\r{label}: t={:.1}s authenticated {}/{} delivered {} recovered {} events {}   ",
                                 p.sim_time.as_secs_f64(),
                                 p.authenticated,
                                 p.devices,
+                                p.delivered,
+                                p.recovered,
                                 p.events
                             );
                         }

@@ -20,6 +20,12 @@
 //! - load, as in `link_scaling.rs`: the devices behind one gateway share one CPU
 //!   ([`SimConfig::device_cpu`] per datagram), the network spends [`SimConfig::network_cpu`]
 //!   per batch entry.
+//!
+//! What is simulated after the gateways authenticated is a [`Scenario`] (cold attach storm,
+//! gateway reboot with or without the devices, steady uplinks; optionally with refused
+//! devices), in a [`Mode`] set by [`apply_mode`]. Each [`SimReport`] carries the traffic per
+//! interface of the measured phase and its payload [`Floor`] (docs/PERFORMANCE.md,
+//! "Simulator").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -598,8 +604,12 @@ impl SimReport {
 pub struct Progress {
     /// Simulated time since the storm began (zero during the gateways' authentication).
     pub sim_time: Duration,
-    /// Devices authenticated so far.
+    /// Devices authenticated so far in the cold storm.
     pub authenticated: u64,
+    /// Uplinks delivered by the network in the current phase.
+    pub delivered: u64,
+    /// Reboot scenarios: devices that delivered an uplink since the reboot.
+    pub recovered: u64,
     /// Devices in total.
     pub devices: u64,
     /// Events processed.
@@ -1432,6 +1442,8 @@ impl Sim {
                 progress(Progress {
                     sim_time: self.now.saturating_duration_since(self.storm_start),
                     authenticated: self.storm_authenticated,
+                    delivered: self.c.delivered,
+                    recovered: self.recovered,
                     devices: self.cfg.total_devices(),
                     events: self.events,
                 });
