@@ -20,16 +20,26 @@
 //! - load, as in `link_scaling.rs`: the devices behind one gateway share one CPU
 //!   ([`SimConfig::device_cpu`] per datagram), the network spends [`SimConfig::network_cpu`]
 //!   per batch entry.
+//!
+//! What is simulated after the gateways authenticated is a [`Scenario`] (cold attach storm,
+//! gateway reboot with or without the devices, steady uplinks; optionally with refused
+//! devices), in a [`Mode`] set by [`apply_mode`]. Each [`SimReport`] carries the traffic per
+//! interface of the measured phase and its payload [`Floor`] (docs/PERFORMANCE.md,
+//! "Simulator").
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use capillary_aka::vector::{generate_vector, AuthVector};
 use capillary_aka::Milenage;
+use capillary_coap::msg::option_number;
+use capillary_coap::Message;
 use capillary_device::{Device, DeviceConfig, DeviceEvent};
-use capillary_gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOptions, Transmit};
-use capillary_network::link::{LinkConfig, LinkEndpoint, LinkEvent};
+use capillary_gateway::{
+    BatcherConfig, Gateway, GatewayConfig, GatewayEvent, GatewayOptions, Transmit,
+};
+use capillary_network::link::{DropCause, LinkConfig, LinkEndpoint, LinkEvent};
 use capillary_secrets::{Amf, Imsi, Opc, Rand, Secret, Sqn, K};
 use capillary_store::{Authorization, SubscriberStatus};
 use rand::rngs::StdRng;
@@ -49,10 +59,13 @@ pub enum SimError {
     Internal(String),
 }
 
-/// Batching mode of the gateway system.
+/// Batching mode of the gateway system. Everything a mode changes is set in one place,
+/// [`apply_mode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
-    /// The real gateway and network with their default batching (PROTOCOL.md §4.1).
+    /// The real gateway and network with their default batching (PROTOCOL.md §4.1) and
+    /// every later optimisation switched off, so that it stays the baseline of batching
+    /// alone.
     Batched,
     /// The same real gateway and network with batching effectively off: a batching window
     /// of 0, `batch_max_delay` 0, one entry per gateway batch (`BatcherConfig::max_entries`
@@ -63,27 +76,126 @@ pub enum Mode {
     /// congestion-controlled like CoAP (RFC 7252 §4.7); a large value approximates a relay
     /// with no congestion control.
     Naive,
+    /// Batched with every optimisation of the gateway system switched on (see
+    /// [`apply_mode`]; today the same as [`Mode::Batched`]).
+    Optimised,
 }
 
 impl Mode {
-    /// `batched` or `naive`.
+    /// `batched`, `naive` or `optimised`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Batched => "batched",
             Mode::Naive => "naive",
+            Mode::Optimised => "optimised",
         }
     }
 
-    /// Parses `batched` / `naive`.
+    /// Parses `batched` / `naive` / `optimised` (or `optimized`).
     pub fn parse(s: &str) -> Result<Self, SimError> {
         match s {
             "batched" => Ok(Mode::Batched),
             "naive" => Ok(Mode::Naive),
+            "optimised" | "optimized" => Ok(Mode::Optimised),
             _ => Err(SimError::InvalidConfig(format!(
-                "mode {s:?}: use batched or naive"
+                "mode {s:?}: use batched, naive or optimised"
             ))),
         }
     }
+}
+
+/// The one place where a [`Mode`] changes the configuration of the gateways (`batcher`,
+/// `opts`, the same for every gateway) and of the network (`link`). Called after the
+/// simulator set its link-dependent timers and limits.
+pub fn apply_mode(
+    mode: Mode,
+    naive_nstart: usize,
+    batcher: &mut BatcherConfig,
+    opts: &mut GatewayOptions,
+    link: &mut LinkConfig,
+) {
+    match mode {
+        Mode::Naive => {
+            batcher.window = Duration::ZERO;
+            batcher.max_entries = 1;
+            opts.batch_max_delay = Duration::ZERO;
+            opts.link.nstart = naive_nstart.max(1);
+            link.max_batch_entries = 1;
+            link.batch_window = Duration::ZERO;
+            link.transmission.nstart = naive_nstart.max(1);
+        }
+        Mode::Batched => {
+            // lead: once merged, turn the optimisations OFF here so that `batched` stays
+            // batching alone: `opts.local_identity = false; opts.confirm_one_way = false;
+            // link.accept_local_identity = false;` (their defaults become true).
+        }
+        Mode::Optimised => {
+            // lead: once merged, turn every optimisation ON here explicitly:
+            // `opts.local_identity = true; opts.confirm_one_way = true;
+            // link.accept_local_identity = true;`. Until then Optimised = Batched.
+        }
+    }
+}
+
+/// What a run simulates after the gateways authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
+    /// Cold attach storm: every device attaches within [`SimConfig::start_spread`], then
+    /// sends [`SimConfig::uplinks`] uplinks. The report covers the storm and those uplinks.
+    Cold,
+    /// After the cold storm, the gateways reboot: each is replaced by a fresh [`Gateway`]
+    /// (its state is lost; it authenticates itself again) while the devices and the network
+    /// keep theirs. Each device then sends one uplink within [`SimConfig::start_spread`];
+    /// an uplink that fails makes the device re-authenticate (CoAP-EAP again) and send it
+    /// again. The report covers the time from the reboot until every device delivered an
+    /// uplink; [`SimReport::recovery`] holds the per-device times.
+    Reboot,
+    /// Like [`Scenario::Reboot`], but the devices reboot too (fresh [`Device`]s, their
+    /// sessions lost): each re-authenticates within [`SimConfig::start_spread`], then sends
+    /// one uplink.
+    RebootDevices,
+    /// After the cold storm (without uplinks), every device sends uplinks following
+    /// [`SimConfig::pattern`] (mean interval [`SimConfig::uplink_interval`]) for
+    /// [`SimConfig::steady_duration`]. The report covers those uplinks only.
+    Steady,
+}
+
+impl Scenario {
+    /// `cold`, `reboot`, `reboot-devices` or `steady`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Cold => "cold",
+            Scenario::Reboot => "reboot",
+            Scenario::RebootDevices => "reboot-devices",
+            Scenario::Steady => "steady",
+        }
+    }
+
+    /// Parses the names of [`Scenario::name`].
+    pub fn parse(s: &str) -> Result<Self, SimError> {
+        match s {
+            "cold" => Ok(Scenario::Cold),
+            "reboot" => Ok(Scenario::Reboot),
+            "reboot-devices" => Ok(Scenario::RebootDevices),
+            "steady" => Ok(Scenario::Steady),
+            _ => Err(SimError::InvalidConfig(format!(
+                "scenario {s:?}: use cold, reboot, reboot-devices or steady"
+            ))),
+        }
+    }
+}
+
+/// When a device sends its uplinks in [`Scenario::Steady`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UplinkPattern {
+    /// Every [`SimConfig::uplink_interval`] plus a uniform offset in `[-jitter, +jitter]`
+    /// (the first at a uniformly random time within one interval).
+    Periodic {
+        /// Largest offset from the period.
+        jitter: Duration,
+    },
+    /// A Poisson process: exponential gaps with mean [`SimConfig::uplink_interval`].
+    Poisson,
 }
 
 /// The capillary link between a gateway and its devices.
@@ -183,15 +295,22 @@ impl Preset {
     }
 }
 
+/// Most devices behind one gateway the simulator accepts (it raises the gateway's
+/// `max_devices` to the number it simulates).
+pub const MAX_DEVICES_PER_GATEWAY: u32 = 10_000;
+
 /// One simulation run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
     /// Number of gateways `G`.
     pub gateways: u32,
-    /// Devices behind each gateway `D` (at most 1,024, the gateway's default limit).
+    /// Devices behind each gateway `D`, at most [`MAX_DEVICES_PER_GATEWAY`] (the simulator
+    /// sets the gateway's `max_devices` to at least this).
     pub devices_per_gateway: u32,
     /// Batching mode.
     pub mode: Mode,
+    /// What is simulated after the gateways authenticated.
+    pub scenario: Scenario,
     /// Name of the gateway-link model, for reports (a preset name or `custom`).
     pub link_name: String,
     /// Capillary link model.
@@ -201,12 +320,27 @@ pub struct SimConfig {
     /// Time the store takes to answer one request (vectors, authorization).
     pub store_rtt: Duration,
     /// Devices start at uniformly random times in `[0, start_spread]` after the gateways
-    /// are authenticated (cold attach storm).
+    /// are authenticated (cold attach storm), and after the reboot (reboot scenarios).
     pub start_spread: Duration,
-    /// Uplinks per device after it authenticated (the first at once, as `capillary demo`).
+    /// Uplinks per device after it authenticated in the cold storm (the first at once, as
+    /// `capillary demo`; not used by [`Scenario::Steady`]'s storm).
     pub uplinks: u32,
-    /// Interval between a device's uplinks.
+    /// Interval between a device's uplinks (cold storm), mean interval ([`Scenario::Steady`]).
     pub uplink_interval: Duration,
+    /// Uplink arrival pattern of [`Scenario::Steady`].
+    pub pattern: UplinkPattern,
+    /// How long [`Scenario::Steady`] sends uplinks.
+    pub steady_duration: Duration,
+    /// Uplink payload size in bytes (at least 8: device index and sequence number).
+    pub uplink_bytes: usize,
+    /// Fraction of the devices, `0.0..=1.0`, whose K differs from the store's: they are
+    /// refused (their authentication fails, they do not retry) and do not take part in
+    /// uplinks or reboots.
+    pub refused_fraction: f64,
+    /// A device whose authentication failed starts again after this long (its driver),
+    /// doubled for each further failure in a row (at most 256 times), with a random factor
+    /// in [0.5, 1.5).
+    pub restart_delay: Duration,
     /// CPU time of one device datagram; the devices of one gateway share one CPU.
     pub device_cpu: Duration,
     /// Network CPU time per batch entry received.
@@ -215,19 +349,23 @@ pub struct SimConfig {
     pub naive_nstart: usize,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Simulated time after which the run stops (reported as not completed).
+    /// Simulated time after which a phase (the gateways' authentication, the storm, the
+    /// measured scenario) stops (reported as not completed).
     pub time_limit: Duration,
 }
 
 impl Default for SimConfig {
-    /// One gateway, 10 devices, batched, broadband, the default capillary link, 1 ms store,
-    /// 100 ms start spread, one uplink, the load model of `link_scaling.rs` (100 µs device
-    /// CPU, 20 µs network CPU per entry), seed 1, 600 s limit.
+    /// One gateway, 10 devices, batched, cold storm, broadband, the default capillary link,
+    /// 1 ms store, 100 ms start spread, one uplink of 16 bytes, steady: periodic every 10 s
+    /// without jitter for 60 s, no refused devices, restart after 1 s, the load model of
+    /// `link_scaling.rs` (100 µs device CPU, 20 µs network CPU per entry), seed 1, 600 s
+    /// limit.
     fn default() -> Self {
         SimConfig {
             gateways: 1,
             devices_per_gateway: 10,
             mode: Mode::Batched,
+            scenario: Scenario::Cold,
             link_name: Preset::Broadband.name().into(),
             capillary: CapillaryLink::default(),
             gateway_link: Preset::Broadband.link(),
@@ -235,6 +373,13 @@ impl Default for SimConfig {
             start_spread: Duration::from_millis(100),
             uplinks: 1,
             uplink_interval: Duration::from_secs(10),
+            pattern: UplinkPattern::Periodic {
+                jitter: Duration::ZERO,
+            },
+            steady_duration: Duration::from_secs(60),
+            uplink_bytes: 16,
+            refused_fraction: 0.0,
+            restart_delay: Duration::from_secs(1),
             device_cpu: Duration::from_micros(100),
             network_cpu: Duration::from_micros(20),
             naive_nstart: 4,
@@ -251,19 +396,31 @@ impl SimConfig {
         if self.gateways == 0 || self.gateways > 1000 {
             return bad("gateways must be in 1..=1000");
         }
-        if self.devices_per_gateway > 1024 {
-            return bad("devices per gateway must be at most 1024 (the gateway's max_devices)");
+        if self.devices_per_gateway > MAX_DEVICES_PER_GATEWAY {
+            return bad("devices per gateway must be at most 10000");
+        }
+        if self.total_devices() > 1_000_000 {
+            return bad("at most 1,000,000 devices in total");
         }
         if !(0.0..1.0).contains(&self.capillary.loss)
             || !(0.0..1.0).contains(&self.gateway_link.loss)
         {
             return bad("loss must be in [0, 1)");
         }
+        if !(0.0..=1.0).contains(&self.refused_fraction) {
+            return bad("refused fraction must be in [0, 1]");
+        }
         if self.capillary.mtu == 0 {
             return bad("capillary mtu must be positive");
         }
         if self.gateway_link.bitrate == 0 || self.capillary.bitrate == Some(0) {
             return bad("bit rates must be positive");
+        }
+        if self.uplink_bytes < 8 || self.uplink_bytes > capillary_device::MAX_UPLINK_PAYLOAD {
+            return bad("uplink bytes must be in 8..=1024");
+        }
+        if self.scenario == Scenario::Steady && self.uplink_interval.is_zero() {
+            return bad("the steady scenario needs a positive uplink interval");
         }
         Ok(())
     }
@@ -274,8 +431,8 @@ impl SimConfig {
     }
 }
 
-/// Traffic on one interface during the attach storm and the uplinks (the gateways' own
-/// authentication is not counted).
+/// Traffic on one interface during the measured phase (the gateways' first authentication
+/// is never counted; see [`Scenario`] for what each scenario measures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InterfaceStats {
     /// Messages (datagrams; store: requests).
@@ -288,7 +445,7 @@ pub struct InterfaceStats {
     pub round_trips: u64,
 }
 
-/// Time from a device's start to its `Authenticated` event.
+/// A distribution of durations (nearest-rank percentiles).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttachTimes {
     /// Median (nearest rank).
@@ -299,11 +456,55 @@ pub struct AttachTimes {
     pub max: Duration,
 }
 
+impl AttachTimes {
+    fn of(mut v: Vec<Duration>) -> Self {
+        v.sort_unstable();
+        AttachTimes {
+            p50: percentile(&v, 50),
+            p99: percentile(&v, 99),
+            max: v.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// The payload floor of the measured phase: the bytes that must cross the gateway link
+/// whatever the relay does, computed from the device datagrams seen in clear on the
+/// capillary link (both directions, each CoAP message once: retransmissions, recognised by
+/// device, direction, type and Message ID, are not counted again).
+///
+/// - `eap`: for every CoAP message without an OSCORE option whose payload starts with an
+///   EAP packet (RFC 3748 §4: code 1–4, length field within the payload), the EAP packet's
+///   length field, i.e. the EAP packet without the CoAP-EAP CBOR information that follows
+///   it (RFC 9820 §5). The EAP-Request/Identity (code 1, type 1) is excluded: the gateway
+///   may send it itself (PROTOCOL.md §5), so it need not cross.
+/// - `oscore`: for every CoAP message with an OSCORE option (uplinks and their answers, the
+///   protected EAP-Success and its answer), the OSCORE option value plus the payload
+///   (ciphertext with the 8-byte tag, RFC 8613 §6, §5.3).
+///
+/// Everything else (CoAP headers, tokens, other options, the CoAP-EAP trigger, Empty ACKs,
+/// batch framing, the link's own OSCORE layer) is overhead of the relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Floor {
+    /// EAP packets.
+    pub eap: u64,
+    /// OSCORE option values and ciphertexts.
+    pub oscore: u64,
+}
+
+impl Floor {
+    /// `eap + oscore`.
+    pub fn total(&self) -> u64 {
+        self.eap + self.oscore
+    }
+}
+
 /// Result of one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimReport {
     /// Mode.
     pub mode: Mode,
+    /// Scenario.
+    pub scenario: Scenario,
     /// Gateway-link model name.
     pub link: String,
     /// Gateways.
@@ -312,18 +513,34 @@ pub struct SimReport {
     pub devices: u64,
     /// Seed.
     pub seed: u64,
-    /// Every device authenticated and every uplink was answered before the time limit.
+    /// Every phase finished before its time limit: every device (not refused) authenticated,
+    /// every uplink was answered, and in the reboot scenarios every device delivered an
+    /// uplink after the reboot.
     pub completed: bool,
-    /// Devices authenticated.
+    /// Device authentications in the measured phase (a device that authenticates twice
+    /// counts twice).
     pub authenticated: u64,
-    /// Device authentication failures (the device is restarted after 1 s).
+    /// Device authentications of the whole run (storm and measured phase).
+    pub total_authentications: u64,
+    /// Device authentication failures of devices that are not refused (the device starts
+    /// again after [`SimConfig::restart_delay`]), in the measured phase.
     pub failures: u64,
+    /// Devices given a wrong K ([`SimConfig::refused_fraction`]).
+    pub refused_devices: u64,
+    /// Of those, how many got their authentication refused (a `Failed` event) in the cold
+    /// storm.
+    pub refused: u64,
+    /// Uplinks handed to the devices in the measured phase.
+    pub uplinks_sent: u64,
     /// Uplinks acknowledged to the devices.
     pub uplinks_acked: u64,
     /// Uplinks that failed on the device.
     pub uplinks_failed: u64,
     /// Uplinks the network delivered (after its duplicate detection).
     pub uplinks_delivered: u64,
+    /// From an uplink handed to the device to its delivery by the network (includes the
+    /// wait behind the device's previous uplink, NSTART 1).
+    pub uplink_latency: AttachTimes,
     /// Capillary link.
     pub capillary: InterfaceStats,
     /// Capillary datagrams lost (loss model or MTU).
@@ -338,12 +555,48 @@ pub struct SimReport {
     pub link_lost: u64,
     /// Store.
     pub store: InterfaceStats,
-    /// Time to attach, of the devices that authenticated.
+    /// The payload floor of the measured phase ([`Floor`]).
+    pub floor: Floor,
+    /// Time to attach in the cold storm (start to `Authenticated`), of the devices that
+    /// authenticated.
     pub attach: AttachTimes,
     /// Simulated time from the storm's start to the last device authenticated.
     pub attach_all: Duration,
-    /// Simulated time from the storm's start to the end of the run.
+    /// Reboot scenarios: per device, from the reboot to the network's delivery of its first
+    /// uplink after it; `max` is the time until every device can deliver again.
+    pub recovery: Option<AttachTimes>,
+    /// Simulated time of the measured phase.
     pub duration: Duration,
+    /// Inputs the network dropped in the measured phase, by cause (`LinkStats::dropped`,
+    /// the cause's `Debug` name).
+    pub network_dropped: BTreeMap<String, u64>,
+    /// Real time the run took, set by the caller ([`run`] leaves it `None` so that its
+    /// reports stay deterministic).
+    pub wall_clock: Option<Duration>,
+}
+
+impl SimReport {
+    /// Gateway-link bytes (both directions) of the phase divided by its floor; `None` when
+    /// the floor is zero.
+    pub fn floor_ratio(&self) -> Option<f64> {
+        let f = self.floor.total();
+        (f > 0).then(|| self.gateway_link.bytes.unwrap_or(0) as f64 / f as f64)
+    }
+
+    /// Devices that take part (not refused).
+    pub fn active_devices(&self) -> u64 {
+        self.devices - self.refused_devices
+    }
+
+    /// [`SimReport::total_authentications`] per second of real time of the whole run, if
+    /// [`SimReport::wall_clock`] is set: a bound on device authentications per second
+    /// through one gateway set by the CPU cost of all three parties' state machines on one
+    /// core (plus the simulator's own bookkeeping).
+    pub fn auths_per_wall_second(&self) -> Option<f64> {
+        self.wall_clock
+            .filter(|w| !w.is_zero())
+            .map(|w| self.total_authentications as f64 / w.as_secs_f64())
+    }
 }
 
 /// Progress of a run, for a callback.
@@ -351,8 +604,12 @@ pub struct SimReport {
 pub struct Progress {
     /// Simulated time since the storm began (zero during the gateways' authentication).
     pub sim_time: Duration,
-    /// Devices authenticated so far.
+    /// Devices authenticated so far in the cold storm.
     pub authenticated: u64,
+    /// Uplinks delivered by the network in the current phase.
+    pub delivered: u64,
+    /// Reboot scenarios: devices that delivered an uplink since the reboot.
+    pub recovered: u64,
     /// Devices in total.
     pub devices: u64,
     /// Events processed.
@@ -361,8 +618,6 @@ pub struct Progress {
 
 const GW_PREFIX: &str = "0010190";
 const DEV_PREFIX: &str = "0010100";
-/// A failed device tries again after this long (like a driver would).
-const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 fn gw_imsi(g: u32) -> String {
     format!("{GW_PREFIX}{:08}", g + 1)
@@ -429,13 +684,42 @@ enum Ev {
     Vectors(u64, Vec<Imsi>),
     /// The store answers an authorization request of this many pairs.
     Authz(u64, usize),
+    /// Nothing: wakes the loop at an instant (end of the steady phase).
+    Wake,
+}
+
+/// What a device's driver does in the current phase.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Cold storm: after the first authentication, `uplinks` uplinks `uplink_interval` apart.
+    #[default]
+    Storm,
+    /// Steady uplinks until the end instant.
+    Steady,
+    /// After a reboot: one uplink; a failed one triggers a re-authentication and a resend.
+    Recovery,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct DevState {
+    /// K differs from the store's: refused, never retried.
+    bad: bool,
+    /// A bad device's authentication failed.
+    refused: bool,
+    /// Failed authentications in a row (reset by a success): the restart back-off.
+    fails: u32,
     started: Option<Instant>,
     attach: Option<Duration>,
+    /// Cold storm: uplinks still to send.
     uplinks_left: u32,
+    /// Next uplink sequence number.
+    seq: u32,
+    /// Recovery: an uplink must be (re)sent once authenticated.
+    want_uplink: bool,
+    /// Recovery: a CoAP-EAP run is in progress.
+    reauthenticating: bool,
+    /// Recovery: time from the reboot to the first uplink delivered after it.
+    recovered: Option<Duration>,
     up: u64,
     down: u64,
 }
@@ -447,19 +731,39 @@ struct Counters {
     cap_lost: u64,
     link_lost: u64,
     store_requests: u64,
+    authenticated: u64,
+    failures: u64,
+    sent: u64,
+    acked: u64,
+    uplink_failed: u64,
+    delivered: u64,
+    floor: Floor,
 }
 
 /// The simulation state. Use [`run`].
 struct Sim {
     cfg: SimConfig,
-    base: Instant,
     now: Instant,
     storm_start: Instant,
+    phase: Phase,
+    phase_start: Instant,
+    steady_end: Instant,
     net: LinkEndpoint,
+    /// `None`: stale (the endpoint was touched since it was computed).
+    net_timer: Option<Option<Instant>>,
     gws: Vec<Gateway<u32>>,
+    gw_timer: Vec<Option<Option<Instant>>>,
     gw_authenticated: Vec<bool>,
+    gw_opts: GatewayOptions,
+    batcher: BatcherConfig,
+    /// Stats of gateways replaced by a reboot.
+    retired: Snapshot,
     devices: Vec<Device>,
     dev: Vec<DevState>,
+    /// Device timers: `dev_timer[i]` is device `i`'s `poll_timeout` as last seen, indexed in
+    /// `timers`.
+    dev_timer: Vec<Option<Instant>>,
+    timers: BTreeSet<(Instant, u32)>,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
     /// Per gateway: the shared device CPU, the capillary medium, the link up and down queues.
@@ -471,18 +775,27 @@ struct Sim {
     dirty: BTreeSet<u32>,
     sqns: HashMap<String, u64>,
     rng: StdRng,
-    /// One random stream per device (its capillary link) and per gateway (its link), so
-    /// that the order in which the state machines emit simultaneous outputs (some iterate
-    /// hash maps) cannot change which datagram is lost or delayed.
+    /// One random stream per device (its capillary link and its uplink times) and per
+    /// gateway (its link), so that the order in which the state machines emit simultaneous
+    /// outputs (some iterate hash maps) cannot change which datagram is lost or delayed.
     dev_rng: Vec<StdRng>,
     gw_rng: Vec<StdRng>,
     opc: Opc,
+    /// Counters of the current phase.
     c: Counters,
-    authenticated: u64,
-    failures: u64,
-    acked: u64,
-    uplink_failed: u64,
-    delivered: u64,
+    /// Messages already counted in the floor: (device, to device, CoAP type, Message ID).
+    floor_seen: HashSet<(u32, bool, u8, u16)>,
+    /// Uplinks handed to a device and not yet delivered: (device, seq) → when.
+    in_flight: HashMap<(u32, u32), Instant>,
+    latencies: Vec<Duration>,
+    /// Devices authenticated in the storm, ever (attach times taken).
+    storm_authenticated: u64,
+    total_authentications: u64,
+    refused: u64,
+    recovered: u64,
+    /// `LinkStats::dropped` at the start of the phase.
+    dropped_before: BTreeMap<DropCause, u64>,
+    /// The last first authentication of the storm.
     last_auth: Instant,
     events: u64,
 }
@@ -504,46 +817,51 @@ impl Sim {
         link_cfg.relayed_ack_timeout =
             (ack + Duration::from_secs(1)).max(link_cfg.relayed_ack_timeout);
         link_cfg.response_hold = link_cfg.response_hold.min(ack / 2);
+        let total = cfg.gateways * cfg.devices_per_gateway;
+        link_cfg.max_devices = link_cfg.max_devices.max(total as usize);
         let mut opts = GatewayOptions::default();
         opts.link.ack_timeout = ack;
-        if cfg.mode == Mode::Naive {
-            link_cfg.max_batch_entries = 1;
-            link_cfg.batch_window = Duration::ZERO;
-            opts.batch_max_delay = Duration::ZERO;
-            opts.link.nstart = cfg.naive_nstart.max(1);
-            link_cfg.transmission.nstart = cfg.naive_nstart.max(1);
-        }
+        let mut batcher = BatcherConfig::default();
+        apply_mode(
+            cfg.mode,
+            cfg.naive_nstart,
+            &mut batcher,
+            &mut opts,
+            &mut link_cfg,
+        );
         let net = LinkEndpoint::new(link_cfg, rng.next_u64());
         let mut gws = Vec::new();
         for g in 0..cfg.gateways {
-            let s = gw_imsi(g);
-            let mut gc = GatewayConfig::new(imsi(&s)?, k_of(&s)?, opc()?);
-            if cfg.mode == Mode::Naive {
-                gc.batcher.window = Duration::ZERO;
-                gc.batcher.max_entries = 1;
-            }
-            gc.validate()
-                .map_err(|e| SimError::InvalidConfig(format!("gateway: {e}")))?;
-            gws.push(Gateway::with_options(gc, opts.clone(), rng.next_u64()));
+            gws.push(Self::gateway(cfg, g, batcher, &opts, rng.next_u64())?);
         }
-        let total = cfg.gateways * cfg.devices_per_gateway;
         let mut devices = Vec::with_capacity(total as usize);
+        let mut dev = vec![DevState::default(); total as usize];
         for i in 0..total {
-            let s = dev_imsi(i);
-            let dc = DeviceConfig::new(imsi(&s)?, k_of(&s)?, opc()?);
-            devices.push(Device::new(dc, rng.next_u64()));
+            // Refused devices: chosen from the seed, independent of N's other devices.
+            let r = mix(cfg.seed, 3, u64::from(i)) as f64 / u64::MAX as f64;
+            dev[i as usize].bad = r < cfg.refused_fraction;
+            devices.push(Self::device(i, dev[i as usize].bad, rng.next_u64())?);
         }
         let g = cfg.gateways as usize;
         Ok(Sim {
             cfg: cfg.clone(),
-            base: now,
             now,
             storm_start: now,
+            phase: Phase::Storm,
+            phase_start: now,
+            steady_end: now,
             net,
+            net_timer: None,
             gws,
+            gw_timer: vec![None; g],
             gw_authenticated: vec![false; g],
+            gw_opts: opts,
+            batcher,
+            retired: Snapshot::default(),
             devices,
-            dev: vec![DevState::default(); total as usize],
+            dev,
+            dev_timer: vec![None; total as usize],
+            timers: BTreeSet::new(),
             queue: BTreeMap::new(),
             seq: 0,
             cpu_free: vec![now; g],
@@ -562,14 +880,47 @@ impl Sim {
             rng,
             opc: net_opc,
             c: Counters::default(),
-            authenticated: 0,
-            failures: 0,
-            acked: 0,
-            uplink_failed: 0,
-            delivered: 0,
+            floor_seen: HashSet::new(),
+            in_flight: HashMap::new(),
+            latencies: Vec::new(),
+            storm_authenticated: 0,
+            total_authentications: 0,
+            refused: 0,
+            recovered: 0,
+            dropped_before: BTreeMap::new(),
             last_auth: now,
             events: 0,
         })
+    }
+
+    /// A fresh gateway `g` (at the start, or after a reboot).
+    fn gateway(
+        cfg: &SimConfig,
+        g: u32,
+        batcher: BatcherConfig,
+        opts: &GatewayOptions,
+        seed: u64,
+    ) -> Result<Gateway<u32>, SimError> {
+        let s = gw_imsi(g);
+        let mut gc = GatewayConfig::new(imsi(&s)?, k_of(&s)?, opc()?);
+        gc.batcher = batcher;
+        // 10,000 devices behind one gateway: the default is 1,024.
+        gc.max_devices = gc.max_devices.max(cfg.devices_per_gateway as usize);
+        gc.validate()
+            .map_err(|e| SimError::InvalidConfig(format!("gateway: {e}")))?;
+        Ok(Gateway::with_options(gc, opts.clone(), seed))
+    }
+
+    /// A fresh device `i` (at the start, or after a reboot); `bad`: a K the store does not
+    /// know.
+    fn device(i: u32, bad: bool, seed: u64) -> Result<Device, SimError> {
+        let s = dev_imsi(i);
+        let k = if bad {
+            k_of(&format!("{s}-wrong"))?
+        } else {
+            k_of(&s)?
+        };
+        Ok(Device::new(DeviceConfig::new(imsi(&s)?, k, opc()?), seed))
     }
 
     fn gw_of(&self, dev: u32) -> u32 {
@@ -581,10 +932,42 @@ impl Sim {
         self.queue.insert((at, self.seq), ev);
     }
 
+    /// Adds a capillary datagram of device `dev` to the payload floor ([`Floor`]).
+    fn count_floor(&mut self, dev: u32, to_device: bool, bytes: &[u8]) {
+        let Ok(msg) = Message::parse(bytes) else {
+            return;
+        };
+        let key = (dev, to_device, msg.ty as u8, msg.message_id);
+        if let Some(o) = msg.option(option_number::OSCORE) {
+            let n = (o.len() + msg.payload.len()) as u64;
+            if self.floor_seen.insert(key) {
+                self.c.floor.oscore += n;
+            }
+            return;
+        }
+        let p = &msg.payload;
+        if p.len() < 4 || !(1..=4).contains(&p[0]) {
+            return;
+        }
+        let len = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        if len < 4 || len > p.len() {
+            return;
+        }
+        // EAP-Request/Identity: the gateway may send it itself (PROTOCOL.md §5).
+        if p[0] == 1 && len >= 5 && p[4] == 1 {
+            return;
+        }
+        if self.floor_seen.insert(key) {
+            self.c.floor.eap += len as u64;
+        }
+    }
+
     /// A capillary datagram in either direction: frames, loss, medium, latency, jitter.
     /// Returns the arrival time, or `None` if lost.
-    fn capillary(&mut self, g: u32, dev: u32, len: usize, to_device: bool) -> Option<Instant> {
+    fn capillary(&mut self, g: u32, dev: u32, bytes: &[u8], to_device: bool) -> Option<Instant> {
         let cap = self.cfg.capillary;
+        let len = bytes.len();
+        self.count_floor(dev, to_device, bytes);
         self.c.cap_msgs += 1;
         self.c.cap_bytes += len as u64;
         let st = &mut self.dev[dev as usize];
@@ -623,7 +1006,7 @@ impl Sim {
     /// shared device CPU of its gateway.
     fn send_to_device(&mut self, dev: u32, bytes: Vec<u8>) {
         let g = self.gw_of(dev);
-        let Some(arrival) = self.capillary(g, dev, bytes.len(), true) else {
+        let Some(arrival) = self.capillary(g, dev, &bytes, true) else {
             return;
         };
         let at = arrival.max(self.cpu_free[g as usize]) + self.cfg.device_cpu;
@@ -689,8 +1072,45 @@ impl Sim {
                 self.c.store_requests += 1;
                 self.schedule(at, Ev::Authz(ticket, pairs.len()));
             }
-            LinkEvent::Uplink { .. } => self.delivered += 1,
+            LinkEvent::Uplink { payload, .. } => self.uplink_delivered(&payload),
             _ => {}
+        }
+    }
+
+    /// The network delivered an uplink: latency, and recovery in the reboot scenarios.
+    fn uplink_delivered(&mut self, payload: &[u8]) {
+        self.c.delivered += 1;
+        let (Some(d), Some(s)) = (payload.get(0..4), payload.get(4..8)) else {
+            return;
+        };
+        let dev = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let seq = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+        if let Some(t) = self.in_flight.remove(&(dev, seq)) {
+            self.latencies.push(self.now.saturating_duration_since(t));
+        }
+        if self.phase == Phase::Recovery {
+            if let Some(st) = self.dev.get_mut(dev as usize) {
+                if st.recovered.is_none() {
+                    st.recovered = Some(self.now.saturating_duration_since(self.phase_start));
+                    st.want_uplink = false;
+                    self.recovered += 1;
+                }
+            }
+        }
+    }
+
+    /// Re-reads device `i`'s timer into the index.
+    fn refresh_timer(&mut self, i: u32) {
+        let t = self.devices[i as usize].poll_timeout();
+        let old = self.dev_timer[i as usize];
+        if t != old {
+            if let Some(o) = old {
+                self.timers.remove(&(o, i));
+            }
+            if let Some(t) = t {
+                self.timers.insert((t, i));
+            }
+            self.dev_timer[i as usize] = t;
         }
     }
 
@@ -711,6 +1131,9 @@ impl Sim {
                     down.push((g, bytes));
                 }
             }
+            if progressed {
+                self.net_timer = None;
+            }
             down.sort_by_key(|(g, _)| *g);
             for (g, bytes) in down {
                 self.send_link(g, bytes, false);
@@ -719,6 +1142,7 @@ impl Sim {
                 let mut to_devices = Vec::new();
                 while let Some(tx) = self.gws[g as usize].poll_transmit() {
                     progressed = true;
+                    self.gw_timer[g as usize] = None;
                     match tx {
                         Transmit::ToNetwork(b) => self.send_link(g, b, true),
                         Transmit::ToDevice(local, b) => to_devices.push((local, b)),
@@ -736,52 +1160,8 @@ impl Sim {
                 }
             }
             for i in std::mem::take(&mut self.dirty) {
-                let now = self.now;
-                let mut out = Vec::new();
-                let mut authed = false;
-                {
-                    let d = &mut self.devices[i as usize];
-                    while let Some(b) = d.poll_transmit() {
-                        out.push(b);
-                    }
-                    while let Some(ev) = d.poll_event() {
-                        match ev {
-                            DeviceEvent::Authenticated { .. } => authed = true,
-                            DeviceEvent::UplinkAcked { .. } => self.acked += 1,
-                            DeviceEvent::UplinkFailed { .. } => self.uplink_failed += 1,
-                            DeviceEvent::Failed(_) => {
-                                self.failures += 1;
-                                self.seq += 1;
-                                self.queue
-                                    .insert((now + RESTART_DELAY, self.seq), Ev::Start(i));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                if authed {
-                    let st = &mut self.dev[i as usize];
-                    if st.attach.is_none() {
-                        self.authenticated += 1;
-                        self.last_auth = now;
-                        st.attach = st.started.map(|s| now.saturating_duration_since(s));
-                        st.uplinks_left = self.cfg.uplinks;
-                        if st.uplinks_left > 0 {
-                            self.send_uplink(i)?;
-                            let d = &mut self.devices[i as usize];
-                            while let Some(b) = d.poll_transmit() {
-                                out.push(b);
-                            }
-                        }
-                    }
-                }
-                let g = self.gw_of(i);
-                for b in out {
-                    progressed = true;
-                    if let Some(at) = self.capillary(g, i, b.len(), false) {
-                        self.schedule(at, Ev::FromDevice(i, b));
-                    }
-                }
+                self.device_outputs(i)?;
+                progressed = true;
             }
             if !progressed {
                 return Ok(());
@@ -789,28 +1169,165 @@ impl Sim {
         }
     }
 
-    /// Sends device `i`'s next uplink now and schedules the one after.
+    /// Device `i` was touched: its events (the driver's reactions), its datagrams, its timer.
+    fn device_outputs(&mut self, i: u32) -> Result<(), SimError> {
+        let now = self.now;
+        let mut authed = false;
+        let mut failed = false;
+        let mut uplink_failed = false;
+        while let Some(ev) = self.devices[i as usize].poll_event() {
+            match ev {
+                DeviceEvent::Authenticated { .. } => authed = true,
+                DeviceEvent::UplinkAcked { .. } => self.c.acked += 1,
+                DeviceEvent::UplinkFailed { .. } => {
+                    self.c.uplink_failed += 1;
+                    uplink_failed = true;
+                }
+                DeviceEvent::Failed(_) => failed = true,
+                _ => {}
+            }
+        }
+        if failed {
+            let st = &mut self.dev[i as usize];
+            st.reauthenticating = false;
+            if st.bad {
+                // Counted once: a refused device does not try again.
+                if !st.refused {
+                    st.refused = true;
+                    self.refused += 1;
+                }
+            } else {
+                self.c.failures += 1;
+                st.fails += 1;
+                let at = now + self.restart_backoff(i);
+                self.schedule(at, Ev::Start(i));
+            }
+        }
+        if authed {
+            self.c.authenticated += 1;
+            self.total_authentications += 1;
+            let phase = self.phase;
+            let st = &mut self.dev[i as usize];
+            st.reauthenticating = false;
+            st.fails = 0;
+            match phase {
+                Phase::Storm if st.attach.is_none() => {
+                    self.storm_authenticated += 1;
+                    self.last_auth = now;
+                    st.attach = st.started.map(|s| now.saturating_duration_since(s));
+                    st.uplinks_left = self.cfg.uplinks;
+                    if st.uplinks_left > 0 {
+                        self.send_uplink(i)?;
+                    }
+                }
+                Phase::Recovery if st.want_uplink => self.send_uplink(i)?,
+                _ => {}
+            }
+        }
+        if uplink_failed && self.phase == Phase::Recovery {
+            // The device's driver: the network does not answer under this session any
+            // more, so authenticate again and resend.
+            let st = &mut self.dev[i as usize];
+            if st.recovered.is_none() && !st.bad {
+                st.want_uplink = true;
+                if !st.reauthenticating {
+                    st.reauthenticating = true;
+                    self.devices[i as usize].start(now);
+                }
+            }
+        }
+        let g = self.gw_of(i);
+        while let Some(b) = self.devices[i as usize].poll_transmit() {
+            if let Some(at) = self.capillary(g, i, &b, false) {
+                self.schedule(at, Ev::FromDevice(i, b));
+            }
+        }
+        // A second round of events can only come from `start` or `send_uplink` above.
+        while let Some(ev) = self.devices[i as usize].poll_event() {
+            if let DeviceEvent::Failed(_) = ev {
+                self.c.failures += 1;
+            }
+        }
+        self.refresh_timer(i);
+        Ok(())
+    }
+
+    /// The driver's wait before restarting device `i` after its `fails`-th failure in a
+    /// row: [`SimConfig::restart_delay`] doubled per earlier failure (at most 2^8 times),
+    /// times a uniform factor in [0.5, 1.5) so that devices that failed together do not
+    /// retry together.
+    fn restart_backoff(&mut self, i: u32) -> Duration {
+        let fails = self.dev[i as usize].fails.clamp(1, 9);
+        let base = self.cfg.restart_delay * (1u32 << (fails - 1));
+        let f: f64 = self.dev_rng[i as usize].gen_range(0.5..1.5);
+        base.mul_f64(f)
+    }
+
+    /// Hands device `i` its next uplink now and schedules the one after (storm: the
+    /// configured count; steady: the pattern, until the end of the phase).
     fn send_uplink(&mut self, i: u32) -> Result<(), SimError> {
+        let phase = self.phase;
         let st = &mut self.dev[i as usize];
-        if st.uplinks_left == 0 {
+        if st.bad {
             return Ok(());
         }
-        let n = self.cfg.uplinks - st.uplinks_left;
-        st.uplinks_left -= 1;
-        let more = st.uplinks_left > 0;
-        let payload = format!("{{\"dev\":{i},\"seq\":{n}}}");
+        let next = match phase {
+            Phase::Storm => {
+                if st.uplinks_left == 0 {
+                    return Ok(());
+                }
+                st.uplinks_left -= 1;
+                (st.uplinks_left > 0).then(|| self.now + self.cfg.uplink_interval)
+            }
+            Phase::Steady => {
+                let at = self.now + self.gap(i, false);
+                (at < self.steady_end).then_some(at)
+            }
+            Phase::Recovery => None,
+        };
+        let st = &mut self.dev[i as usize];
+        let seq = st.seq;
+        st.seq += 1;
+        let mut payload = vec![0u8; self.cfg.uplink_bytes.max(8)];
+        payload[0..4].copy_from_slice(&i.to_be_bytes());
+        payload[4..8].copy_from_slice(&seq.to_be_bytes());
+        self.c.sent += 1;
         if self.devices[i as usize]
-            .send_uplink(self.now, payload.as_bytes())
+            .send_uplink(self.now, &payload)
             .is_err()
         {
-            self.uplink_failed += 1;
+            self.c.uplink_failed += 1;
+        } else {
+            self.in_flight.insert((i, seq), self.now);
         }
         self.dirty.insert(i);
-        if more {
-            let at = self.now + self.cfg.uplink_interval;
+        if let Some(at) = next {
             self.schedule(at, Ev::Uplink(i));
         }
         Ok(())
+    }
+
+    /// Time to device `i`'s next steady uplink; `first`: from the start of the phase.
+    fn gap(&mut self, i: u32, first: bool) -> Duration {
+        let mean = self.cfg.uplink_interval.as_secs_f64();
+        let rng = &mut self.dev_rng[i as usize];
+        let secs = match self.cfg.pattern {
+            UplinkPattern::Poisson => {
+                // Exponential gaps; the process is memoryless, so the first is one too.
+                let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+                -mean * u.ln()
+            }
+            UplinkPattern::Periodic { .. } if first => rng.gen_range(0.0..mean),
+            UplinkPattern::Periodic { jitter } => {
+                let j = jitter.as_secs_f64().min(mean);
+                if j > 0.0 {
+                    mean + rng.gen_range(-j..=j)
+                } else {
+                    mean
+                }
+            }
+        };
+        Duration::from_secs_f64(secs.max(0.0))
     }
 
     fn deliver(&mut self, ev: Ev) -> Result<(), SimError> {
@@ -820,15 +1337,20 @@ impl Sim {
                 let start = now.max(self.network_cpu_free);
                 let before = self.net.stats().entries_in;
                 self.net.handle_datagram(start, gw_addr(g), &bytes);
+                self.net_timer = None;
                 let entries = self.net.stats().entries_in - before;
                 let cost = self.cfg.network_cpu * u32::try_from(entries).unwrap_or(u32::MAX);
                 self.network_cpu_free = start + cost;
             }
-            Ev::ToGateway(g, bytes) => self.gws[g as usize].handle_network_datagram(now, &bytes),
+            Ev::ToGateway(g, bytes) => {
+                self.gws[g as usize].handle_network_datagram(now, &bytes);
+                self.gw_timer[g as usize] = None;
+            }
             Ev::FromDevice(i, bytes) => {
                 let g = self.gw_of(i);
                 let local = i - g * self.cfg.devices_per_gateway;
                 self.gws[g as usize].handle_device_datagram(now, local, &bytes);
+                self.gw_timer[g as usize] = None;
             }
             Ev::ToDevice(i, bytes) => {
                 self.devices[i as usize].handle_datagram(now, &bytes);
@@ -851,6 +1373,7 @@ impl Sim {
                 self.net
                     .provide_vectors(now, ticket, v)
                     .map_err(|e| SimError::Internal(format!("provide_vectors: {e}")))?;
+                self.net_timer = None;
             }
             Ev::Authz(ticket, n) => {
                 let a = (0..n)
@@ -863,18 +1386,33 @@ impl Sim {
                 self.net
                     .provide_authorization(now, ticket, a)
                     .map_err(|e| SimError::Internal(format!("provide_authorization: {e}")))?;
+                self.net_timer = None;
             }
+            Ev::Wake => {}
         }
         Ok(())
     }
 
-    fn next_timer(&self) -> Option<Instant> {
-        let devs = self.devices.iter().filter_map(Device::poll_timeout).min();
-        let gws = self.gws.iter().filter_map(Gateway::poll_timeout).min();
-        [self.net.poll_timeout(), gws, devs]
-            .into_iter()
-            .flatten()
-            .min()
+    /// The network's and the gateways' timers, cached between the calls that can change
+    /// them (both compute them over every device they hold).
+    fn net_timeout(&mut self) -> Option<Instant> {
+        if self.net_timer.is_none() {
+            self.net_timer = Some(self.net.poll_timeout());
+        }
+        self.net_timer.flatten()
+    }
+
+    fn gw_timeout(&mut self, g: usize) -> Option<Instant> {
+        if self.gw_timer[g].is_none() {
+            self.gw_timer[g] = Some(self.gws[g].poll_timeout());
+        }
+        self.gw_timer[g].flatten()
+    }
+
+    fn next_timer(&mut self) -> Option<Instant> {
+        let devs = self.timers.first().map(|(t, _)| *t);
+        let gws = (0..self.gws.len()).filter_map(|g| self.gw_timeout(g)).min();
+        [self.net_timeout(), gws, devs].into_iter().flatten().min()
     }
 
     /// Runs until `done` holds when the system is quiet at an instant, or `end` passes.
@@ -903,7 +1441,9 @@ impl Sim {
                 next_report = self.now + Duration::from_secs(1);
                 progress(Progress {
                     sim_time: self.now.saturating_duration_since(self.storm_start),
-                    authenticated: self.authenticated,
+                    authenticated: self.storm_authenticated,
+                    delivered: self.c.delivered,
+                    recovered: self.recovered,
                     devices: self.cfg.total_devices(),
                     events: self.events,
                 });
@@ -920,37 +1460,174 @@ impl Sim {
             }
             self.drain()?;
             let now = self.now;
-            if self.net.poll_timeout().is_some_and(|t| t <= now) {
+            if self.net_timeout().is_some_and(|t| t <= now) {
                 self.net.handle_timeout(now);
+                self.net_timer = None;
             }
-            for gw in &mut self.gws {
-                if gw.poll_timeout().is_some_and(|t| t <= now) {
-                    gw.handle_timeout(now);
+            for g in 0..self.gws.len() {
+                if self.gw_timeout(g).is_some_and(|t| t <= now) {
+                    self.gws[g].handle_timeout(now);
+                    self.gw_timer[g] = None;
                 }
             }
-            for (i, d) in self.devices.iter_mut().enumerate() {
-                if d.poll_timeout().is_some_and(|t| t <= now) {
-                    d.handle_timeout(now);
-                    self.dirty.insert(i as u32);
+            while let Some(&(t, i)) = self.timers.first() {
+                if t > now {
+                    break;
                 }
+                self.timers.pop_first();
+                self.dev_timer[i as usize] = None;
+                self.devices[i as usize].handle_timeout(now);
+                self.dirty.insert(i);
             }
         }
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::default();
+        let mut s = self.retired;
         for g in &self.gws {
-            let st = g.stats();
-            s.link_msgs += st.link_msgs_in + st.link_msgs_out;
-            s.link_bytes += st.link_bytes_in + st.link_bytes_out;
-            s.link_round_trips += st.link_round_trips;
-            s.link_exchanges += st.link_exchanges;
-            s.link_retransmissions += st.link_retransmissions;
+            s.add(g);
         }
         s.link_lost = self.c.link_lost;
         s.store_round_trips = self.net.stats().store_round_trips;
         s.store_requests = self.c.store_requests;
         s
+    }
+
+    /// Starts a measured phase: counters from zero.
+    fn begin_phase(&mut self, phase: Phase) -> Snapshot {
+        self.c = Counters::default();
+        self.floor_seen.clear();
+        self.latencies.clear();
+        for st in &mut self.dev {
+            st.up = 0;
+            st.down = 0;
+        }
+        self.phase = phase;
+        self.phase_start = self.now;
+        self.dropped_before = self.net.stats().dropped;
+        self.snapshot()
+    }
+
+    /// The gateways authenticate (not counted in any report).
+    fn gateways_up(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<bool, SimError> {
+        let now = self.now;
+        for g in 0..self.gws.len() {
+            self.gws[g].start(now);
+            self.gw_timer[g] = None;
+        }
+        let limit = self.now + self.cfg.time_limit;
+        self.run_until(
+            limit,
+            |s| {
+                s.gw_authenticated.iter().all(|a| *a)
+                    && (0..s.cfg.gateways).all(|g| s.net.is_gateway_authenticated(gw_addr(g)))
+            },
+            progress,
+        )
+    }
+
+    /// Schedules every device's start within the spread, from now.
+    fn start_devices(&mut self) {
+        let spread = u64::try_from(self.cfg.start_spread.as_nanos()).unwrap_or(u64::MAX);
+        for i in 0..self.devices.len() as u32 {
+            let off = if spread == 0 {
+                0
+            } else {
+                self.rng.gen_range(0..=spread)
+            };
+            let at = self.now + Duration::from_nanos(off);
+            self.schedule(at, Ev::Start(i));
+        }
+    }
+
+    /// The cold storm, with `uplinks` uplinks per device. Returns whether it completed.
+    fn storm(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<bool, SimError> {
+        self.storm_start = self.now;
+        self.start_devices();
+        let n_bad = self.dev.iter().filter(|d| d.bad).count() as u64;
+        let good = self.cfg.total_devices() - n_bad;
+        let k = u64::from(self.cfg.uplinks);
+        let end = self.now + self.cfg.time_limit;
+        self.run_until(
+            end,
+            move |s| {
+                s.storm_authenticated == good
+                    && s.refused == n_bad
+                    && s.c.acked + s.c.uplink_failed >= good * k
+                    && s.c.delivered >= s.c.acked
+            },
+            progress,
+        )
+    }
+
+    /// Steady uplinks for the configured duration, then until every one is answered.
+    fn steady(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<bool, SimError> {
+        self.steady_end = self.now + self.cfg.steady_duration;
+        for i in 0..self.devices.len() as u32 {
+            if self.dev[i as usize].bad {
+                continue;
+            }
+            let at = self.now + self.gap(i, true);
+            if at < self.steady_end {
+                self.schedule(at, Ev::Uplink(i));
+            }
+        }
+        let end_mark = self.steady_end;
+        self.schedule(end_mark, Ev::Wake);
+        let end = self.steady_end + self.cfg.time_limit;
+        self.run_until(
+            end,
+            move |s| {
+                s.now >= end_mark
+                    && s.c.acked + s.c.uplink_failed >= s.c.sent
+                    && s.c.delivered >= s.c.acked
+            },
+            progress,
+        )
+    }
+
+    /// Reboots the gateways (and the devices with `devices`), then waits until every device
+    /// delivered an uplink.
+    fn reboot(
+        &mut self,
+        devices: bool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<bool, SimError> {
+        let now = self.now;
+        for g in 0..self.cfg.gateways {
+            let seed = self.rng.next_u64();
+            let fresh = Self::gateway(&self.cfg, g, self.batcher, &self.gw_opts, seed)?;
+            let old = std::mem::replace(&mut self.gws[g as usize], fresh);
+            self.retired.add(&old);
+            self.gw_authenticated[g as usize] = false;
+            self.gws[g as usize].start(now);
+            self.gw_timer[g as usize] = None;
+        }
+        let spread = u64::try_from(self.cfg.start_spread.as_nanos()).unwrap_or(u64::MAX);
+        for i in 0..self.devices.len() as u32 {
+            if self.dev[i as usize].bad {
+                continue;
+            }
+            self.dev[i as usize].want_uplink = true;
+            let off = if spread == 0 {
+                0
+            } else {
+                self.rng.gen_range(0..=spread)
+            };
+            let at = now + Duration::from_nanos(off);
+            if devices {
+                let seed = self.rng.next_u64();
+                self.devices[i as usize] = Self::device(i, false, seed)?;
+                self.dev[i as usize].reauthenticating = true;
+                self.schedule(at, Ev::Start(i));
+            } else {
+                self.schedule(at, Ev::Uplink(i));
+            }
+            self.dirty.insert(i);
+        }
+        let good = self.dev.iter().filter(|d| !d.bad).count() as u64;
+        let end = self.now + self.cfg.time_limit;
+        self.run_until(end, move |s| s.recovered == good, progress)
     }
 }
 
@@ -966,6 +1643,17 @@ struct Snapshot {
     store_requests: u64,
 }
 
+impl Snapshot {
+    fn add(&mut self, g: &Gateway<u32>) {
+        let st = g.stats();
+        self.link_msgs += st.link_msgs_in + st.link_msgs_out;
+        self.link_bytes += st.link_bytes_in + st.link_bytes_out;
+        self.link_round_trips += st.link_round_trips;
+        self.link_exchanges += st.link_exchanges;
+        self.link_retransmissions += st.link_retransmissions;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: u64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -975,78 +1663,76 @@ fn percentile(sorted: &[Duration], p: u64) -> Duration {
     sorted[(rank - 1) as usize]
 }
 
-/// Runs one simulation: the gateways authenticate, then the devices attach (cold storm
-/// within [`SimConfig::start_spread`]) and send their uplinks. `progress` is called about
-/// once per simulated second.
+/// Runs one simulation: the gateways authenticate (never counted), then the devices attach
+/// (cold storm within [`SimConfig::start_spread`]), then the [`Scenario`]. `progress` is
+/// called about once per simulated second.
 pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(Progress)) -> Result<SimReport, SimError> {
     let mut sim = Sim::new(cfg)?;
-    // 1. The gateways authenticate (not counted in the report).
-    let now = sim.now;
-    for gw in &mut sim.gws {
-        gw.start(now);
-    }
-    let limit = sim.base + cfg.time_limit;
-    let gws_up = sim.run_until(
-        limit,
-        |s| {
-            s.gw_authenticated.iter().all(|a| *a)
-                && (0..s.cfg.gateways).all(|g| s.net.is_gateway_authenticated(gw_addr(g)))
-        },
-        progress,
-    )?;
-    if !gws_up {
+    if !sim.gateways_up(progress)? {
         return Err(SimError::InvalidConfig(
             "the gateways did not authenticate within the time limit".into(),
         ));
     }
-    // 2. The storm.
-    let before = sim.snapshot();
-    let cap_before = sim.c;
-    sim.storm_start = sim.now;
-    let spread = u64::try_from(cfg.start_spread.as_nanos()).unwrap_or(u64::MAX);
-    let total = cfg.gateways * cfg.devices_per_gateway;
-    for i in 0..total {
-        let off = if spread == 0 {
-            0
-        } else {
-            sim.rng.gen_range(0..=spread)
-        };
-        let at = sim.now + Duration::from_nanos(off);
-        sim.schedule(at, Ev::Start(i));
+    if cfg.scenario == Scenario::Steady {
+        // The storm of the steady scenario sends no uplinks of its own.
+        sim.cfg.uplinks = 0;
     }
-    let n = u64::from(total);
-    let k = u64::from(cfg.uplinks);
-    let end = sim.now + cfg.time_limit;
-    let completed = sim.run_until(
-        end,
-        move |s| {
-            s.authenticated == n && s.acked + s.uplink_failed >= n * k && s.delivered >= s.acked
-        },
-        progress,
-    )?;
+    let mut before = sim.begin_phase(Phase::Storm);
+    let mut completed = sim.storm(progress)?;
+    let mut recovery = None;
+    if completed && cfg.scenario != Scenario::Cold {
+        // Let the storm's last answers settle, then measure the scenario alone.
+        let settle = sim.now + Duration::from_secs(1);
+        sim.run_until(settle, |_| false, progress)?;
+        match cfg.scenario {
+            Scenario::Steady => {
+                before = sim.begin_phase(Phase::Steady);
+                completed = sim.steady(progress)?;
+            }
+            Scenario::Reboot | Scenario::RebootDevices => {
+                before = sim.begin_phase(Phase::Recovery);
+                completed = sim.reboot(cfg.scenario == Scenario::RebootDevices, progress)?;
+                recovery = Some(AttachTimes::of(
+                    sim.dev.iter().filter_map(|d| d.recovered).collect(),
+                ));
+            }
+            Scenario::Cold => {}
+        }
+    }
     let after = sim.snapshot();
-    let mut times: Vec<Duration> = sim.dev.iter().filter_map(|d| d.attach).collect();
-    times.sort();
+    let attach = AttachTimes::of(
+        sim.dev
+            .iter()
+            .filter(|d| !d.bad)
+            .filter_map(|d| d.attach)
+            .collect(),
+    );
     let cap_rt = sim.dev.iter().map(|d| d.up.min(d.down)).sum::<u64>();
-    // Capillary round trips counted in the storm only (none before it).
+    let c = sim.c;
     Ok(SimReport {
         mode: cfg.mode,
+        scenario: cfg.scenario,
         link: cfg.link_name.clone(),
         gateways: cfg.gateways,
-        devices: n,
+        devices: cfg.total_devices(),
         seed: cfg.seed,
         completed,
-        authenticated: sim.authenticated,
-        failures: sim.failures,
-        uplinks_acked: sim.acked,
-        uplinks_failed: sim.uplink_failed,
-        uplinks_delivered: sim.delivered,
+        authenticated: c.authenticated,
+        total_authentications: sim.total_authentications,
+        failures: c.failures,
+        refused_devices: sim.dev.iter().filter(|d| d.bad).count() as u64,
+        refused: sim.refused,
+        uplinks_sent: c.sent,
+        uplinks_acked: c.acked,
+        uplinks_failed: c.uplink_failed,
+        uplinks_delivered: c.delivered,
+        uplink_latency: AttachTimes::of(std::mem::take(&mut sim.latencies)),
         capillary: InterfaceStats {
-            messages: sim.c.cap_msgs - cap_before.cap_msgs,
-            bytes: Some(sim.c.cap_bytes - cap_before.cap_bytes),
+            messages: c.cap_msgs,
+            bytes: Some(c.cap_bytes),
             round_trips: cap_rt,
         },
-        capillary_lost: sim.c.cap_lost - cap_before.cap_lost,
+        capillary_lost: c.cap_lost,
         gateway_link: InterfaceStats {
             messages: after.link_msgs - before.link_msgs,
             bytes: Some(after.link_bytes - before.link_bytes),
@@ -1054,18 +1740,27 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(Progress)) -> Result<SimRep
         },
         link_exchanges: after.link_exchanges - before.link_exchanges,
         link_retransmissions: after.link_retransmissions - before.link_retransmissions,
-        link_lost: after.link_lost - before.link_lost,
+        link_lost: c.link_lost,
         store: InterfaceStats {
-            messages: after.store_requests - before.store_requests,
+            messages: c.store_requests,
             bytes: None,
             round_trips: after.store_round_trips - before.store_round_trips,
         },
-        attach: AttachTimes {
-            p50: percentile(&times, 50),
-            p99: percentile(&times, 99),
-            max: times.last().copied().unwrap_or_default(),
-        },
+        floor: c.floor,
+        attach,
         attach_all: sim.last_auth.saturating_duration_since(sim.storm_start),
-        duration: sim.now.saturating_duration_since(sim.storm_start),
+        recovery,
+        duration: sim.now.saturating_duration_since(sim.phase_start),
+        network_dropped: sim
+            .net
+            .stats()
+            .dropped
+            .iter()
+            .filter_map(|(k, v)| {
+                let was = sim.dropped_before.get(k).copied().unwrap_or(0);
+                (*v > was).then(|| (format!("{k:?}"), v - was))
+            })
+            .collect(),
+        wall_clock: None,
     })
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{InterfaceStats, SimReport};
+use crate::{AttachTimes, InterfaceStats, SimReport};
 
 fn ms(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
@@ -16,22 +16,55 @@ fn iface(s: &InterfaceStats) -> Value {
     json!({ "messages": s.messages, "bytes": s.bytes, "round_trips": s.round_trips })
 }
 
+fn times(t: &AttachTimes) -> Value {
+    json!({ "p50": ms(t.p50), "p99": ms(t.p99), "max": ms(t.max) })
+}
+
+fn per(v: u64, n: u64) -> Option<f64> {
+    (n > 0).then(|| v as f64 / n as f64)
+}
+
 impl SimReport {
-    /// The report as JSON (times in milliseconds of simulated time).
+    /// Gateway-link bytes (both directions) of the measured phase per device.
+    pub fn link_bytes_per_device(&self) -> Option<f64> {
+        per(self.gateway_link.bytes.unwrap_or(0), self.devices)
+    }
+
+    /// The payload floor of the measured phase per device.
+    pub fn floor_per_device(&self) -> Option<f64> {
+        per(self.floor.total(), self.devices)
+    }
+
+    /// The report as JSON (times in milliseconds of simulated time; `wall_clock_ms` and
+    /// `auths_per_wall_second` only when [`SimReport::wall_clock`] is set).
     pub fn to_json(&self) -> Value {
-        json!({
+        let up = self.uplinks_delivered;
+        let mut v = json!({
             "mode": self.mode.name(),
+            "scenario": self.scenario.name(),
             "link": self.link,
             "gateways": self.gateways,
             "devices": self.devices,
             "seed": self.seed,
             "completed": self.completed,
             "authenticated": self.authenticated,
+            "total_authentications": self.total_authentications,
             "failures": self.failures,
+            "refused_devices": self.refused_devices,
+            "refused": self.refused,
             "uplinks": {
+                "sent": self.uplinks_sent,
                 "acked": self.uplinks_acked,
                 "failed": self.uplinks_failed,
                 "delivered": self.uplinks_delivered,
+                "latency_ms": times(&self.uplink_latency),
+            },
+            "per_uplink": {
+                "capillary_msgs": per(self.capillary.messages, up),
+                "capillary_bytes": per(self.capillary.bytes.unwrap_or(0), up),
+                "gateway_msgs": per(self.gateway_link.messages, up),
+                "gateway_bytes": per(self.gateway_link.bytes.unwrap_or(0), up),
+                "store_requests": per(self.store.messages, up),
             },
             "capillary_link": iface(&self.capillary),
             "capillary_lost": self.capillary_lost,
@@ -40,14 +73,27 @@ impl SimReport {
             "link_retransmissions": self.link_retransmissions,
             "link_lost": self.link_lost,
             "store": iface(&self.store),
-            "attach_ms": {
-                "p50": ms(self.attach.p50),
-                "p99": ms(self.attach.p99),
-                "max": ms(self.attach.max),
+            "floor": {
+                "eap_bytes": self.floor.eap,
+                "oscore_bytes": self.floor.oscore,
+                "per_device": self.floor_per_device(),
+                "gateway_bytes_per_device": self.link_bytes_per_device(),
+                "ratio": self.floor_ratio(),
             },
+            "attach_ms": times(&self.attach),
             "attach_all_ms": ms(self.attach_all),
+            "recovery_ms": self.recovery.as_ref().map(times),
             "duration_ms": ms(self.duration),
-        })
+            "network_dropped": self.network_dropped,
+        });
+        if let (Some(w), Value::Object(m)) = (self.wall_clock, &mut v) {
+            m.insert("wall_clock_ms".into(), json!(ms(w)));
+            m.insert(
+                "auths_per_wall_second".into(),
+                json!(self.auths_per_wall_second()),
+            );
+        }
+        v
     }
 }
 
@@ -63,45 +109,69 @@ pub fn to_json_pretty(reports: &[SimReport]) -> String {
 }
 
 /// CSV header, one line per report.
-pub const CSV_HEADER: &str = "mode,link,gateways,devices,seed,completed,authenticated,failures,\
-cap_msgs,cap_bytes,cap_round_trips,cap_lost,link_msgs,link_bytes,link_round_trips,\
-link_exchanges,link_retransmissions,link_lost,store_msgs,store_round_trips,\
-attach_p50_ms,attach_p99_ms,attach_max_ms,attach_all_ms,duration_ms";
+pub const CSV_HEADER: &str = "mode,scenario,link,gateways,devices,seed,completed,authenticated,\
+failures,refused,cap_msgs,cap_bytes,cap_round_trips,cap_lost,link_msgs,link_bytes,\
+link_round_trips,link_exchanges,link_retransmissions,link_lost,store_msgs,store_round_trips,\
+floor_eap_bytes,floor_oscore_bytes,link_bytes_per_device,floor_per_device,floor_ratio,\
+uplinks_sent,uplinks_delivered,uplink_p50_ms,uplink_p99_ms,\
+attach_p50_ms,attach_p99_ms,attach_max_ms,attach_all_ms,\
+recovery_p50_ms,recovery_p99_ms,recovery_max_ms,duration_ms,wall_clock_ms,auths_per_wall_s";
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or(String::new(), |v| format!("{v:.prec$}"))
+}
 
 /// The reports as CSV (with header).
 pub fn to_csv(reports: &[SimReport]) -> String {
     let mut s = String::from(CSV_HEADER);
     s.push('\n');
     for r in reports {
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3}",
-            r.mode.name(),
-            r.link,
-            r.gateways,
-            r.devices,
-            r.seed,
-            r.completed,
-            r.authenticated,
-            r.failures,
-            r.capillary.messages,
-            r.capillary.bytes.unwrap_or(0),
-            r.capillary.round_trips,
-            r.capillary_lost,
-            r.gateway_link.messages,
-            r.gateway_link.bytes.unwrap_or(0),
-            r.gateway_link.round_trips,
-            r.link_exchanges,
-            r.link_retransmissions,
-            r.link_lost,
-            r.store.messages,
-            r.store.round_trips,
-            ms(r.attach.p50),
-            ms(r.attach.p99),
-            ms(r.attach.max),
-            ms(r.attach_all),
-            ms(r.duration),
-        );
+        let rec = r.recovery.as_ref();
+        let cells: Vec<String> = vec![
+            r.mode.name().into(),
+            r.scenario.name().into(),
+            r.link.clone(),
+            r.gateways.to_string(),
+            r.devices.to_string(),
+            r.seed.to_string(),
+            r.completed.to_string(),
+            r.authenticated.to_string(),
+            r.failures.to_string(),
+            r.refused.to_string(),
+            r.capillary.messages.to_string(),
+            r.capillary.bytes.unwrap_or(0).to_string(),
+            r.capillary.round_trips.to_string(),
+            r.capillary_lost.to_string(),
+            r.gateway_link.messages.to_string(),
+            r.gateway_link.bytes.unwrap_or(0).to_string(),
+            r.gateway_link.round_trips.to_string(),
+            r.link_exchanges.to_string(),
+            r.link_retransmissions.to_string(),
+            r.link_lost.to_string(),
+            r.store.messages.to_string(),
+            r.store.round_trips.to_string(),
+            r.floor.eap.to_string(),
+            r.floor.oscore.to_string(),
+            opt(r.link_bytes_per_device(), 1),
+            opt(r.floor_per_device(), 1),
+            opt(r.floor_ratio(), 3),
+            r.uplinks_sent.to_string(),
+            r.uplinks_delivered.to_string(),
+            format!("{:.3}", ms(r.uplink_latency.p50)),
+            format!("{:.3}", ms(r.uplink_latency.p99)),
+            format!("{:.3}", ms(r.attach.p50)),
+            format!("{:.3}", ms(r.attach.p99)),
+            format!("{:.3}", ms(r.attach.max)),
+            format!("{:.3}", ms(r.attach_all)),
+            opt(rec.map(|t| ms(t.p50)), 3),
+            opt(rec.map(|t| ms(t.p99)), 3),
+            opt(rec.map(|t| ms(t.max)), 3),
+            format!("{:.3}", ms(r.duration)),
+            opt(r.wall_clock.map(ms), 1),
+            opt(r.auths_per_wall_second(), 0),
+        ];
+        s.push_str(&cells.join(","));
+        s.push('\n');
     }
     s
 }
@@ -110,42 +180,56 @@ pub fn to_csv(reports: &[SimReport]) -> String {
 pub fn to_table(reports: &[SimReport]) -> String {
     let head = [
         "mode",
+        "scenario",
         "link",
         "N",
         "ok",
         "cap msgs",
-        "cap bytes",
         "cap RT",
         "gw msgs",
         "gw bytes",
+        "B/dev",
+        "floor/dev",
+        "ratio",
         "gw RT",
         "gw exch",
-        "store req",
         "store RT",
         "p50 ms",
         "p99 ms",
         "max ms",
+        "recov max ms",
+        "up p50 ms",
+        "up p99 ms",
+        "wall s",
+        "auths/s",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
         .map(|r| {
             vec![
                 r.mode.name().to_string(),
+                r.scenario.name().to_string(),
                 r.link.clone(),
                 r.devices.to_string(),
                 if r.completed { "yes" } else { "NO" }.to_string(),
                 r.capillary.messages.to_string(),
-                r.capillary.bytes.unwrap_or(0).to_string(),
                 r.capillary.round_trips.to_string(),
                 r.gateway_link.messages.to_string(),
                 r.gateway_link.bytes.unwrap_or(0).to_string(),
+                opt(r.link_bytes_per_device(), 0),
+                opt(r.floor_per_device(), 0),
+                opt(r.floor_ratio(), 2),
                 r.gateway_link.round_trips.to_string(),
                 r.link_exchanges.to_string(),
-                r.store.messages.to_string(),
                 r.store.round_trips.to_string(),
                 format!("{:.1}", ms(r.attach.p50)),
                 format!("{:.1}", ms(r.attach.p99)),
                 format!("{:.1}", ms(r.attach.max)),
+                opt(r.recovery.map(|t| ms(t.max)), 1),
+                format!("{:.1}", ms(r.uplink_latency.p50)),
+                format!("{:.1}", ms(r.uplink_latency.p99)),
+                opt(r.wall_clock.map(|w| w.as_secs_f64()), 2),
+                opt(r.auths_per_wall_second(), 0),
             ]
         })
         .collect();
@@ -158,7 +242,7 @@ pub fn to_table(reports: &[SimReport]) -> String {
     let mut s = String::new();
     let line = |s: &mut String, cells: &[String]| {
         for (i, c) in cells.iter().enumerate() {
-            if i < 2 {
+            if i < 3 {
                 let _ = write!(s, "{:<width$}  ", c, width = w[i]);
             } else {
                 let _ = write!(s, "{:>width$}  ", c, width = w[i]);
@@ -392,34 +476,56 @@ pub fn line_chart(title: &str, categories: &[String], series: &[Series], log: bo
     svg
 }
 
-/// Series of `metric` per (mode, link), over the device counts of `reports`.
+/// Series of `metric` per (mode, link, and scenario when several), over the device counts
+/// of `reports`.
 fn series_of(
     reports: &[SimReport],
     cats: &[u64],
-    metric: impl Fn(&SimReport) -> f64,
+    metric: impl Fn(&SimReport) -> Option<f64>,
 ) -> Vec<Series> {
-    let mut keys: Vec<(String, String)> = Vec::new();
+    let mut keys: Vec<(&str, &str, &str)> = Vec::new();
     for r in reports {
-        let k = (r.mode.name().to_string(), r.link.clone());
+        let k = (r.mode.name(), r.scenario.name(), r.link.as_str());
         if !keys.contains(&k) {
             keys.push(k);
         }
     }
+    let several = reports.iter().any(|r| r.scenario != reports[0].scenario);
     keys.into_iter()
-        .map(|(mode, link)| {
+        .map(|(mode, scenario, link)| {
             let vals = cats
                 .iter()
                 .map(|n| {
                     reports
                         .iter()
-                        .find(|r| r.mode.name() == mode && r.link == link && r.devices == *n)
-                        .map(&metric)
+                        .find(|r| {
+                            r.mode.name() == mode
+                                && r.scenario.name() == scenario
+                                && r.link == link
+                                && r.devices == *n
+                        })
+                        .and_then(&metric)
                 })
                 .collect();
-            (format!("{mode} / {link}"), vals)
+            let name = if several {
+                format!("{mode} / {link} / {scenario}")
+            } else {
+                format!("{mode} / {link}")
+            };
+            (name, vals)
         })
         .collect()
 }
+
+/// What the floor is, for the HTML report (same text as docs/PERFORMANCE.md).
+pub const FLOOR_DEFINITION: &str = "Payload floor per device: the bytes that must cross the \
+gateway link whatever the relay does, computed from the device datagrams on the capillary \
+link (both directions, each CoAP message once, retransmissions not counted again): for a \
+message without an OSCORE option, the EAP packet at the start of its payload (its EAP length \
+field, without the CoAP-EAP CBOR information that follows), except the EAP-Request/Identity \
+the gateway may send itself (PROTOCOL.md §5); for a message with an OSCORE option, the option \
+value plus the payload (ciphertext with its 8-byte tag). Ratio = gateway-link UDP payload \
+bytes of the phase, both directions, / that floor (target: at most 1.15).";
 
 /// A self-contained HTML report comparing the modes over the device counts, with the
 /// table and inline SVG charts. `assumptions` is shown as a list (link models etc.).
@@ -428,51 +534,75 @@ pub fn to_html(reports: &[SimReport], assumptions: &[String]) -> String {
     cats.sort_unstable();
     cats.dedup();
     let labels: Vec<String> = cats.iter().map(u64::to_string).collect();
-    let charts = [
+    let mut charts = vec![
         bar_chart(
             "Gateway-link round trips",
             &labels,
-            &series_of(reports, &cats, |r| r.gateway_link.round_trips as f64),
+            &series_of(reports, &cats, |r| Some(r.gateway_link.round_trips as f64)),
             true,
         ),
         bar_chart(
             "Gateway-link messages",
             &labels,
-            &series_of(reports, &cats, |r| r.gateway_link.messages as f64),
+            &series_of(reports, &cats, |r| Some(r.gateway_link.messages as f64)),
             true,
         ),
         bar_chart(
             "Store round trips",
             &labels,
-            &series_of(reports, &cats, |r| r.store.round_trips as f64),
+            &series_of(reports, &cats, |r| Some(r.store.round_trips as f64)),
             true,
+        ),
+        line_chart(
+            "Gateway-link bytes per device / payload floor per device",
+            &labels,
+            &series_of(reports, &cats, SimReport::floor_ratio),
+            false,
         ),
         line_chart(
             "Time to attach all devices (ms, max)",
             &labels,
-            &series_of(reports, &cats, |r| ms(r.attach.max)),
+            &series_of(reports, &cats, |r| Some(ms(r.attach.max))),
             true,
         ),
         line_chart(
             "Time to attach, p50 (ms)",
             &labels,
-            &series_of(reports, &cats, |r| ms(r.attach.p50)),
+            &series_of(reports, &cats, |r| Some(ms(r.attach.p50))),
             true,
         ),
     ];
+    if reports.iter().any(|r| r.recovery.is_some()) {
+        charts.push(line_chart(
+            "Reboot: time until every device delivered again (ms)",
+            &labels,
+            &series_of(reports, &cats, |r| r.recovery.map(|t| ms(t.max))),
+            true,
+        ));
+    }
+    if reports.iter().any(|r| r.wall_clock.is_some()) {
+        charts.push(line_chart(
+            "Device authentications per second of real time (simulator, one core)",
+            &labels,
+            &series_of(reports, &cats, SimReport::auths_per_wall_second),
+            true,
+        ));
+    }
     let mut h = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>capillary sim</title>\
 <style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:12px}\
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}td.l{text-align:left}\
-svg{display:block;margin:1em 0}</style></head><body>\n<h1>capillary sim: batched vs naive</h1>\n",
+svg{display:block;margin:1em 0}</style></head><body>\n<h1>capillary sim: naive vs batched vs optimised</h1>\n",
     );
     h.push_str(
         "<p>Deterministic discrete-event simulation driving the real sans-IO network \
-(<code>LinkEndpoint</code>), gateway and device state machines. Times are simulated.</p>\n<ul>\n",
+(<code>LinkEndpoint</code>), gateway and device state machines. Times are simulated, except \
+the wall-clock column.</p>\n<ul>\n",
     );
     for a in assumptions {
         let _ = writeln!(h, "<li>{}</li>", esc(a));
     }
+    let _ = writeln!(h, "<li>{}</li>", esc(FLOOR_DEFINITION));
     h.push_str("</ul>\n");
     for c in &charts {
         h.push_str(c);
@@ -486,7 +616,7 @@ svg{display:block;margin:1em 0}</style></head><body>\n<h1>capillary sim: batched
     for line in to_csv(reports).lines().skip(1) {
         h.push_str("<tr>");
         for (i, cell) in line.split(',').enumerate() {
-            let class = if i < 2 { " class=\"l\"" } else { "" };
+            let class = if i < 3 { " class=\"l\"" } else { "" };
             let _ = write!(h, "<td{class}>{}</td>", esc(cell));
         }
         h.push_str("</tr>\n");

@@ -137,7 +137,7 @@ fn csv_and_html() {
     assert_eq!(csv.lines().count(), 5);
     assert!(csv.starts_with(report::CSV_HEADER));
     let html = report::to_html(&runs, &["assumption <x>".into()]);
-    assert_eq!(html.matches("<svg").count(), 5);
+    assert_eq!(html.matches("<svg").count(), 6);
     assert!(html.contains("assumption &lt;x&gt;"));
     assert!(!html.contains("<script") && !html.contains("src=\"http"));
     let table = report::to_table(&runs);
