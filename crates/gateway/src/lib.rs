@@ -33,6 +33,7 @@
 mod auth;
 mod config;
 mod gateway;
+mod local;
 mod relay;
 mod types;
 

@@ -104,6 +104,12 @@ pub struct LinkConfig {
     pub max_gateways: usize,
     /// Most device sessions tracked at once (new triggers beyond are refused).
     pub max_devices: usize,
+    /// PROTOCOL.md §5: accept `kind 3` entries (the gateway answered the device's CoAP-EAP
+    /// trigger with EAP-Request/Identity itself). Each is checked to offer exactly
+    /// [`Self::cipher_suites`] and [`Self::rid_c`]; a device session then starts from the
+    /// device's EAP-Response/Identity. When `false`, `kind 3` entries are refused with
+    /// `kind 1, result 1`. Default `true`.
+    pub accept_local_identity: bool,
 }
 
 impl Default for LinkConfig {
@@ -124,6 +130,7 @@ impl Default for LinkConfig {
             response_hold: Duration::from_secs(1),
             max_gateways: 1024,
             max_devices: 100_000,
+            accept_local_identity: true,
         }
     }
 }
@@ -302,8 +309,17 @@ pub struct LinkStats {
     pub store_round_trips: u64,
     /// Authentications that succeeded (devices and gateways).
     pub authenticated: u64,
-    /// Duplicate requests answered from the cache (or ignored while being processed).
+    /// Duplicate requests answered from the cache (or ignored while being processed), and
+    /// duplicate `kind 3` entries.
     pub duplicates: u64,
+    /// One-way batches (NON `POST /r` with No-Response, RFC 7967; PROTOCOL.md §4.1)
+    /// received from gateways: not round trips.
+    pub one_way_in: u64,
+    /// One-way batches sent to gateways (only `kind 1` "authenticated" outcomes, to a
+    /// gateway that sends one-way batches itself).
+    pub one_way_out: u64,
+    /// `kind 3` entries that started a device run (PROTOCOL.md §5).
+    pub local_identities: u64,
     /// Failed authentications by cause.
     pub failures: BTreeMap<FailureCause, u64>,
     /// Dropped inputs by cause.
