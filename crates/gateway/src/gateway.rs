@@ -425,10 +425,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                     .identity_entry(now, from, request, response, &mut self.stats)
                 {
                     self.stats.local_identity_forwarded += 1;
-                } else {
-                    // Not queued: the device's next trigger starts over.
-                    self.local.forget(from);
+                    self.local.forwarded(now, from);
                 }
+                // Else not queued (counted): the request is retransmitted and the device
+                // answers it again from its cache (RFC 9820 §3.2).
                 true
             }
         }

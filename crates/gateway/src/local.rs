@@ -168,17 +168,8 @@ impl<A: Hash + Eq + Clone> LocalIdentity<A> {
             };
         }
         let request = run.bytes.clone();
-        run.state = State::Forwarded;
-        let old = run.timer;
-        self.timers.remove(&old);
-        // Keep the run for duplicates of the answer for an exchange lifetime.
-        let at = now
-            .checked_add(self.params.exchange_lifetime())
-            .unwrap_or(now);
-        let t = self.schedule(from, at);
-        if let Some(run) = self.runs.get_mut(from) {
-            run.timer = t;
-        }
+        // Still waiting until the gateway queued the entry (Self::forwarded): if it could
+        // not (back-pressure), the retransmitted request makes the device answer again.
         match msg.encode() {
             Ok(response) => Outcome::Answered {
                 request,
@@ -186,6 +177,24 @@ impl<A: Hash + Eq + Clone> LocalIdentity<A> {
                 ack,
             },
             Err(_) => Outcome::Consumed,
+        }
+    }
+
+    /// The answer of `addr`'s run is queued as a `kind 3` entry: stop retransmitting, and
+    /// keep the run for an exchange lifetime to absorb duplicates of the answer.
+    pub(crate) fn forwarded(&mut self, now: Instant, addr: &A) {
+        let Some(run) = self.runs.get_mut(addr) else {
+            return;
+        };
+        run.state = State::Forwarded;
+        let old = run.timer;
+        self.timers.remove(&old);
+        let at = now
+            .checked_add(self.params.exchange_lifetime())
+            .unwrap_or(now);
+        let t = self.schedule(addr, at);
+        if let Some(run) = self.runs.get_mut(addr) {
+            run.timer = t;
         }
     }
 
