@@ -63,7 +63,14 @@ fn first_resource() -> ResourcePath {
 }
 
 fn request_with(offer: &CoapEapInfo, eap_id: u8) -> Message {
-    identity_request(0x4242, vec![0xaa; 8], true, &first_resource(), eap_id, offer)
+    identity_request(
+        0x4242,
+        vec![0xaa; 8],
+        true,
+        &first_resource(),
+        eap_id,
+        offer,
+    )
 }
 
 #[test]
@@ -166,5 +173,7 @@ fn an_error_from_the_device_ends_the_run() {
     resp.message_id = req.message_id;
     let mut a = CoapEapAuthenticator::resume_after_identity(cfg(), now, &req, &resp).unwrap();
     assert!(matches!(a.poll_event(), Some(AuthEvent::Failed(_))));
-    assert!(a.poll_timeout().is_none_or(|t| t > now + Duration::from_secs(1)));
+    assert!(a
+        .poll_timeout()
+        .is_none_or(|t| t > now + Duration::from_secs(1)));
 }

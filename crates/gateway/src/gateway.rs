@@ -400,7 +400,8 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             }
             Outcome::Reply(b) => {
                 self.stats.local_identity_duplicates += 1;
-                self.transmits.push_back(Transmit::ToDevice(from.clone(), b));
+                self.transmits
+                    .push_back(Transmit::ToDevice(from.clone(), b));
                 true
             }
             Outcome::Request(b) => {
@@ -409,7 +410,8 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                     return true;
                 }
                 self.stats.local_identity_requests += 1;
-                self.transmits.push_back(Transmit::ToDevice(from.clone(), b));
+                self.transmits
+                    .push_back(Transmit::ToDevice(from.clone(), b));
                 true
             }
             Outcome::Answered {
@@ -418,7 +420,8 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 ack,
             } => {
                 if let Some(a) = ack {
-                    self.transmits.push_back(Transmit::ToDevice(from.clone(), a));
+                    self.transmits
+                        .push_back(Transmit::ToDevice(from.clone(), a));
                 }
                 if self
                     .relay
@@ -717,8 +720,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 return;
             }
             self.current_verified(epoch);
-            if msg.ty == MessageType::Non && no_response::should_suppress(&inner, Code::CHANGED)
-            {
+            if msg.ty == MessageType::Non && no_response::should_suppress(&inner, Code::CHANGED) {
                 // §4.1: a one-way batch from the network; no response.
                 self.stats.link_one_way_in += 1;
                 if let Ok(d) = DecodedBatch::decode(&inner.payload) {

@@ -32,10 +32,7 @@ const TOKEN_LEN: usize = 8;
 #[derive(Debug)]
 enum State {
     /// The request is out; waiting for the device's answer.
-    Waiting {
-        retransmits: u8,
-        timeout: Duration,
-    },
+    Waiting { retransmits: u8, timeout: Duration },
     /// The answer went up in a `kind 3` entry; later copies of it are duplicates.
     Forwarded,
 }

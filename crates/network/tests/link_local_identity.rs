@@ -39,14 +39,7 @@ fn local_step(w: &mut World, h: u32, offer: &CoapEapInfo, eap_id: u8) -> Entry {
     d.start(now);
     let trigger = Message::parse(&d.out.pop_front().unwrap()).unwrap();
     let path = parse_trigger(&trigger).unwrap();
-    let req = identity_request(
-        0x7000 + h as u16,
-        vec![0xa5; 8],
-        true,
-        &path,
-        eap_id,
-        offer,
-    );
+    let req = identity_request(0x7000 + h as u16, vec![0xa5; 8], true, &path, eap_id, offer);
     let req = req.encode().unwrap();
     d.handle(now, &req);
     let resp = d.out.pop_front().expect("the device answers");
@@ -60,8 +53,7 @@ fn local_step(w: &mut World, h: u32, offer: &CoapEapInfo, eap_id: u8) -> Entry {
 }
 
 fn refusals(w: &World, h: u32) -> usize {
-    w.gw
-        .outcomes
+    w.gw.outcomes
         .iter()
         .filter(|(x, r)| *x == h && *r == OutcomeResult::REFUSED)
         .count()
@@ -84,7 +76,11 @@ fn kind_3_attaches_devices_with_one_store_request() {
         assert!(d.failed.is_none());
     }
     assert_eq!(w.net.stats().local_identities, 3);
-    assert_eq!(w.need_vectors - vectors, 1, "one vector request for the batch");
+    assert_eq!(
+        w.need_vectors - vectors,
+        1,
+        "one vector request for the batch"
+    );
     assert!(w
         .gw
         .outcomes

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use capillary_aka::vector::{generate_vector, AuthVector};
 use capillary_aka::Milenage;
+use capillary_coap::{Code, Message, MessageType};
 use capillary_device::{Device, DeviceConfig, DeviceEvent};
 use capillary_eap::server::RejectReason;
-use capillary_coap::{Code, Message, MessageType};
 use capillary_gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOptions, Transmit};
 use capillary_network::link::{LinkConfig, LinkEndpoint, LinkEvent};
 use capillary_secrets::{Amf, Imsi, Opc, Rand, Secret, Sqn, K};
@@ -502,15 +502,30 @@ fn attach_round_trips_do_not_grow_with_n() {
         .map(|n| (n, attach(n, LOADED, true, false)))
         .into();
     for (n, w) in &waves {
-        assert!(w.link_round_trips <= 2, "round trips of an attach of {n}: {w:?}");
+        assert!(
+            w.link_round_trips <= 2,
+            "round trips of an attach of {n}: {w:?}"
+        );
         assert_eq!(w.link_round_trips, 2, "N={n}");
-        assert!(w.link_one_way >= 2, "key confirmations and outcomes one-way (N={n})");
+        assert!(
+            w.link_one_way >= 2,
+            "key confirmations and outcomes one-way (N={n})"
+        );
         assert_eq!(w.link_retransmissions, 0, "N={n}");
-        assert_eq!(w.duplicates, 0, "no retransmission crossed the link (N={n})");
-        assert_eq!(w.network_batches, 0, "everything rode on the responses (N={n})");
+        assert_eq!(
+            w.duplicates, 0,
+            "no retransmission crossed the link (N={n})"
+        );
+        assert_eq!(
+            w.network_batches, 0,
+            "everything rode on the responses (N={n})"
+        );
         // NeedVectors + Authorize for the identities, Authorize for the challenge
         // responses, Authorize for the key confirmations (§6), whatever N.
-        assert_eq!(w.store_round_trips, 4, "store round trips of an attach of {n}");
+        assert_eq!(
+            w.store_round_trips, 4,
+            "store round trips of an attach of {n}"
+        );
     }
     // A wave of 1,000 devices needs two datagrams for some of its steps (64 KiB per
     // batch, PROTOCOL.md §4); they are sent together and count once.
@@ -610,7 +625,8 @@ fn local_request_retransmitted_when_the_answer_is_lost() {
     sim.authenticate_gateway();
     let mut lost = 0;
     sim.hook = Some(Box::new(move |to, b| {
-        let answer = matches!(to, Dest::GatewayFromDevice(i) if i % 3 == 0) && is_identity_answer(b);
+        let answer =
+            matches!(to, Dest::GatewayFromDevice(i) if i % 3 == 0) && is_identity_answer(b);
         if answer && lost < 4 {
             lost += 1;
             return Some(0);

@@ -332,8 +332,7 @@ impl Entry {
                     }
                     Ok(())
                 })?;
-                let request =
-                    request.ok_or(RelayError::InvalidEntry("identity without key 1"))?;
+                let request = request.ok_or(RelayError::InvalidEntry("identity without key 1"))?;
                 let response =
                     response.ok_or(RelayError::InvalidEntry("identity without key 2"))?;
                 check_coap(request)?;

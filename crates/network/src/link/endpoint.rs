@@ -1112,7 +1112,11 @@ impl LinkEndpoint {
                 m.set_uri_path("r");
                 no_response::set(&mut m, no_response::SUPPRESS_ALL);
                 m.payload = payload;
-                if let Ok(bytes) = keys.ctx.protect_request(&m).and_then(|(p, _)| Ok(p.encode()?)) {
+                if let Ok(bytes) = keys
+                    .ctx
+                    .protect_request(&m)
+                    .and_then(|(p, _)| Ok(p.encode()?))
+                {
                     self.stats.one_way_out += 1;
                     self.stats.batches_out += 1;
                     self.stats.entries_out += n;
