@@ -707,3 +707,48 @@ fn tampered_link_datagrams() {
     let dropped = sim.net.stats().dropped.values().sum::<u64>() + sim.gw.stats().link_dropped;
     assert!(dropped > 0, "some tampered datagrams were dropped");
 }
+
+/// PROTOCOL.md §5: the network's first EAP request after a `kind 3` (the AKA'-Challenge)
+/// carries another EAP Identifier than the gateway's EAP-Request/Identity (RFC 3748 §4.1).
+#[test]
+fn network_identifiers_follow_the_gateways() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut sim = Sim::new(30, LOADED, 43);
+    sim.authenticate_gateway();
+    // Per device: the EAP (Code, Identifier, Type) of every plain POST it receives.
+    let seen: Rc<RefCell<HashMap<u32, Vec<(u8, u8, u8)>>>> = Rc::default();
+    let s2 = seen.clone();
+    sim.hook = Some(Box::new(move |to, b| {
+        if let Dest::Device(i) = to {
+            if let Ok(m) = Message::parse(b) {
+                if m.code == Code::POST && m.payload.len() >= 5 {
+                    let p = &m.payload;
+                    let mut s = s2.borrow_mut();
+                    let v = s.entry(*i).or_default();
+                    if v.last().map(|x| x.1) != Some(p[1]) {
+                        v.push((p[0], p[1], p[4]));
+                    }
+                }
+            }
+        }
+        None
+    }));
+    sim.attach_wave_within(Duration::from_secs(60));
+    assert_eq!(sim.net.stats().local_identities, 30);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 30);
+    for (i, v) in seen.iter() {
+        assert!(v.len() >= 2, "device {i}: {v:?}");
+        assert_eq!(
+            (v[0].0, v[0].2),
+            (1, 1),
+            "device {i}: EAP-Request/Identity first"
+        );
+        assert_eq!(
+            v[1].0, 1,
+            "device {i}: then an EAP request from the network"
+        );
+        assert_ne!(v[1].1, v[0].1, "device {i}: another Identifier");
+    }
+}
