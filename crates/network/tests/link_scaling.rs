@@ -716,8 +716,9 @@ fn network_identifiers_follow_the_gateways() {
     use std::rc::Rc;
     let mut sim = Sim::new(30, LOADED, 43);
     sim.authenticate_gateway();
-    // Per device: the EAP (Code, Identifier, Type) of every plain POST it receives.
-    let seen: Rc<RefCell<HashMap<u32, Vec<(u8, u8, u8)>>>> = Rc::default();
+    /// Per device: the EAP (Code, Identifier, Type) of every POST it receives.
+    type Seen = HashMap<u32, Vec<(u8, u8, u8)>>;
+    let seen: Rc<RefCell<Seen>> = Rc::default();
     let s2 = seen.clone();
     sim.hook = Some(Box::new(move |to, b| {
         if let Dest::Device(i) = to {
