@@ -128,7 +128,7 @@ pub struct GatewayOptions {
     pub local_identity: bool,
     /// Timers of the local EAP-Request/Identity to devices (CON, RFC 7252 §4.2/§4.8).
     /// Default: the RFC values (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4).
-    pub capillary: TransmissionParams,
+    pub capillary_link: TransmissionParams,
     /// PROTOCOL.md §4.1: a batch whose entries need no answer from the network (only
     /// OSCORE-protected responses, such as the devices' key confirmations after
     /// EAP-Success, Empty ACKs/RSTs and `gone`) is sent one-way: a NON `POST /r` with
@@ -159,7 +159,7 @@ impl Default for GatewayOptions {
             exchange_timeout: Duration::from_secs(60),
             default_session_lifetime: Duration::from_secs(8 * 3600),
             local_identity: true,
-            capillary: TransmissionParams::default(),
+            capillary_link: TransmissionParams::default(),
             confirm_one_way: true,
         }
     }

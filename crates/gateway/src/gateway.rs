@@ -198,7 +198,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         );
         // Its own stream, so that the other random choices stay what they were.
         let local = LocalIdentity::new(
-            opts.capillary,
+            opts.capillary_link,
             &mut StdRng::seed_from_u64(seed ^ 0x6c6f_6361_6c5f_6964),
         );
         Gateway {
