@@ -131,7 +131,7 @@ pub struct GatewayOptions {
     pub capillary_link: TransmissionParams,
     /// PROTOCOL.md §4.1: a batch whose entries need no answer from the network (only
     /// OSCORE-protected responses, such as the devices' key confirmations after
-    /// EAP-Success, Empty ACKs/RSTs and `gone`) is sent one-way: a NON `POST /r` with
+    /// EAP-Success, and Empty ACKs/RSTs) is sent one-way: a NON `POST /r` with
     /// No-Response (RFC 7967), not retransmitted, not a round trip
     /// ([`crate::GatewayStats::link_one_way`]). Loss is recovered end to end: the network
     /// retransmits EAP-Success until the device's protected 2.04 arrives, and the device

@@ -1031,13 +1031,13 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
     }
 }
 
-/// §4.1: a batch the network has nothing to answer: every entry is `gone`, or a CoAP
-/// message that is an Empty ACK/RST or an OSCORE-protected response (a key confirmation
-/// after EAP-Success, an answer to a downlink). Plain responses are CoAP-EAP answers the
-/// network answers with its next request; requests need their response.
+/// §4.1: a batch the network has nothing to answer: every entry is a CoAP message that is
+/// an Empty ACK/RST or an OSCORE-protected response (a key confirmation after EAP-Success,
+/// an answer to a downlink); loss of those is recovered end to end. Plain responses are
+/// CoAP-EAP answers the network answers with its next request, requests need their
+/// response, and `gone` entries (which nothing would repeat) stay confirmable.
 fn needs_no_answer(batch: &Batch) -> bool {
     batch.entries.iter().all(|e| match &e.kind {
-        EntryKind::Gone => true,
         EntryKind::Coap(b) => Message::parse(b).is_ok_and(|m| {
             m.code.is_empty() || (m.code.is_response() && m.has_option(option_number::OSCORE))
         }),
