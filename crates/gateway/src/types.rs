@@ -83,10 +83,12 @@ pub struct GatewayStats {
     /// whichever side started it, where exchanges that overlap in time count once (a
     /// `POST /r` outstanding together with another one, or a network `POST /r` answered
     /// while one of ours is outstanding, adds no waiting). See also `link_exchanges`.
+    /// One-way batches (`link_one_way`, `link_one_way_in`, PROTOCOL.md §4.1) are not round
+    /// trips: nothing waits for them.
     pub link_round_trips: u64,
     /// Completed `POST /r` exchanges, each one counted.
     pub link_exchanges: u64,
-    /// `POST /r` sent by the gateway (first transmissions).
+    /// `POST /r` sent by the gateway (first transmissions), one-way ones included.
     pub batches_sent: u64,
     /// Retransmissions of the gateway's `POST /r` (RFC 7252 §4.2).
     pub link_retransmissions: u64,
