@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use capillary_device::DeviceConfig;
-use capillary_gateway::GatewayConfig;
+use capillary_gateway::{GatewayConfig, GatewayOptions};
 use capillary_network::config::CoreConfig;
 use capillary_secrets::{Amf, Imsi, Opc, Secret, K};
 use capillary_store::{
@@ -36,6 +36,13 @@ pub struct DemoArgs {
     /// Seconds before giving up.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// The gateway relays the devices' CoAP-EAP triggers instead of answering them
+    /// locally (docs/PROTOCOL.md §5).
+    #[arg(long)]
+    pub no_local_identity: bool,
+    /// The gateway sends key confirmations in confirmable batches (docs/PROTOCOL.md §4.1).
+    #[arg(long)]
+    pub no_confirm_one_way: bool,
 }
 
 /// The outcome of a demo run.
@@ -63,6 +70,8 @@ pub struct Summary {
     pub link_bytes: u64,
     /// Gateway link round trips.
     pub link_round_trips: u64,
+    /// One-way gateway-link batches (NON, No-Response; PROTOCOL.md §4.1), both directions.
+    pub link_one_way: u64,
     /// Store round trips made for the gateway link.
     pub store_round_trips: u64,
     /// Device secrets searched for in the gateway's bytes.
@@ -88,7 +97,7 @@ impl Summary {
         format!(
             "{{\"ok\":{},\"devices\":{},\"authenticated\":{},\"failed\":{},\"data_delivered\":{},\
              \"data_acked\":{},\"capillary_link\":{{\"messages\":{},\"bytes\":{},\"round_trips\":{}}},\
-             \"gateway_link\":{{\"messages\":{},\"bytes\":{},\"round_trips\":{}}},\
+             \"gateway_link\":{{\"messages\":{},\"bytes\":{},\"round_trips\":{},\"one_way\":{}}},\
              \"store_round_trips\":{},\"key_isolation\":{{\"secrets_checked\":{},\
              \"secrets_found_at_gateway\":{},\"gateway_bytes_recorded\":{}}},\"seconds\":{:.3}}}",
             self.ok(),
@@ -103,6 +112,7 @@ impl Summary {
             self.link_msgs,
             self.link_bytes,
             self.link_round_trips,
+            self.link_one_way,
             self.store_round_trips,
             self.secrets_checked,
             self.secrets_leaked,
@@ -117,7 +127,7 @@ impl Summary {
             "devices authenticated   {}/{} ({} failed)   {}\n\
              data delivered          {}/{} (acknowledged {})   {}\n\
              capillary link          {} messages, {} bytes, {} round trips\n\
-             gateway link            {} messages, {} bytes, {} round trips\n\
+             gateway link            {} messages, {} bytes, {} round trips, {} one-way\n\
              store round trips       {}\n\
              key isolation (R3)      {} device secrets, {} found in {} gateway bytes   {}\n\
              time                    {:.2} s\n",
@@ -135,6 +145,7 @@ impl Summary {
             self.link_msgs,
             self.link_bytes,
             self.link_round_trips,
+            self.link_one_way,
             self.store_round_trips,
             self.secrets_checked,
             self.secrets_leaked,
@@ -170,6 +181,7 @@ fn random_key() -> [u8; 16] {
 /// Runs the demo and returns its summary.
 pub async fn run_demo(
     n: u32,
+    opts: GatewayOptions,
     data_dir: PathBuf,
     timeout: Duration,
     progress: bool,
@@ -243,6 +255,7 @@ pub async fn run_demo(
     let gcfg = GatewayConfig::new(gw_imsi, K::from_slice(&gw_k)?, Opc::from_slice(&gw_opc)?);
     let gw = crate::gateway_cmd::spawn(
         gcfg,
+        opts,
         link.local_addr,
         "127.0.0.1:0".parse()?,
         rand::random(),
@@ -315,6 +328,7 @@ pub async fn run_demo(
         link_msgs: gs.link_msgs_in + gs.link_msgs_out,
         link_bytes: gs.link_bytes_in + gs.link_bytes_out,
         link_round_trips: gs.link_round_trips,
+        link_one_way: gs.link_one_way + gs.link_one_way_in,
         store_round_trips: ls.store_round_trips,
         secrets_checked: secrets.len() as u64,
         secrets_leaked: leaks,
@@ -339,8 +353,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let opts = GatewayOptions {
+        local_identity: !args.no_local_identity,
+        confirm_one_way: !args.no_confirm_one_way,
+        ..GatewayOptions::default()
+    };
     let result = rt.block_on(run_demo(
         args.devices,
+        opts,
         dir.clone(),
         Duration::from_secs(args.timeout),
         !args.json,

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use capillary_gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayStats, Transmit};
+use capillary_gateway::{
+    Gateway, GatewayConfig, GatewayEvent, GatewayOptions, GatewayStats, Transmit,
+};
 use capillary_secrets::{Imsi, Opc, Secret, K};
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
@@ -34,6 +36,25 @@ pub struct GatewayArgs {
     /// Batching window in milliseconds (docs/PROTOCOL.md §1).
     #[arg(long, default_value_t = 20)]
     pub batch_ms: u64,
+    /// Relay the devices' CoAP-EAP triggers to the network instead of answering them with
+    /// EAP-Request/Identity locally (docs/PROTOCOL.md §5): one more round trip per attach.
+    #[arg(long)]
+    pub no_local_identity: bool,
+    /// Send the devices' key confirmations in confirmable batches instead of one-way
+    /// (docs/PROTOCOL.md §4.1): one more round trip per attach.
+    #[arg(long)]
+    pub no_confirm_one_way: bool,
+}
+
+impl GatewayArgs {
+    /// The gateway options these flags select.
+    pub fn options(&self) -> GatewayOptions {
+        GatewayOptions {
+            local_identity: !self.no_local_identity,
+            confirm_one_way: !self.no_confirm_one_way,
+            ..GatewayOptions::default()
+        }
+    }
 }
 
 /// A running gateway: its bound capillary-side address and a view of its counters.
@@ -56,6 +77,7 @@ pub type Recorder = Arc<Mutex<Vec<u8>>>;
 /// Binds both sockets and spawns the gateway.
 pub async fn spawn(
     cfg: GatewayConfig,
+    opts: GatewayOptions,
     network: SocketAddr,
     listen: SocketAddr,
     seed: u64,
@@ -82,7 +104,7 @@ pub async fn spawn(
     let capillary_addr = capillary.local_addr()?;
     let stats = Arc::new(Mutex::new(GatewayStats::default()));
     let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let gw = Gateway::new(cfg, seed);
+    let gw = Gateway::try_new(cfg, opts, seed).context("gateway configuration")?;
     let task = tokio::spawn(drive(
         gw,
         link,
@@ -209,12 +231,13 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     let opc = Opc::from_hex(&args.opc).context("--opc")?;
     let mut cfg = GatewayConfig::new(imsi, k, opc);
     cfg.batcher.window = Duration::from_millis(args.batch_ms);
+    let opts = args.options();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let seed = rand::random::<u64>();
-        let g = spawn(cfg, args.network, args.listen, seed, None).await?;
+        let g = spawn(cfg, opts, args.network, args.listen, seed, None).await?;
         println!("capillary-listen={}", g.capillary_addr);
         tokio::signal::ctrl_c().await?;
         info!(stats = ?g.stats.lock().map(|s| *s).ok(), "gateway counters");

@@ -128,6 +128,11 @@ pub enum AuthError {
     /// The derivation failed.
     #[error("OSCORE key derivation: {0}")]
     Keys(#[from] KeyError),
+    /// A first exchange run by someone else ([`CoapEapAuthenticator::resume_after_identity`],
+    /// docs/PROTOCOL.md §5) was refused: the text says why (a request this authenticator
+    /// would not have sent, or a response that does not answer it).
+    #[error("local identity exchange refused: {0}")]
+    LocalIdentity(&'static str),
 }
 
 /// Output of the authenticator; handle in order.
@@ -211,7 +216,43 @@ pub struct CoapEapAuthenticator {
     last_trigger_mid: Option<u16>,
     /// Message ID and token of the last separate CON response, to ACK its retransmissions.
     last_separate: Option<(u16, Vec<u8>)>,
+    /// Message ID and token of the first request of the current run when someone else sent
+    /// it ([`CoapEapAuthenticator::handle_local_identity`]), to ignore duplicates.
+    local_first: Option<(u16, Vec<u8>)>,
     expires_at: Option<Instant>,
+}
+
+/// The EAP Type of Identity (RFC 3748 §5.1).
+const EAP_TYPE_IDENTITY: u8 = 1;
+
+/// The first CoAP-EAP request (RFC 9820 §3.2 step 1) exactly as
+/// [`CoapEapAuthenticator::send_eap_request`] builds it: a `POST` (CON when `confirmable`) to
+/// `target` with Content-Format 269 and the payload `EAP-Request/Identity ‖ offer`, where the
+/// EAP-Request/Identity has Identifier `eap_identifier` and no type data.
+///
+/// For an MTC gateway that answers the identity step locally (docs/PROTOCOL.md §5): `offer`
+/// must be the network's offer (cipher suites and RID-C, e.g. from
+/// [`crate::CoapEapPeer::authenticator_offer`]), or the network refuses the run
+/// ([`CoapEapAuthenticator::resume_after_identity`]).
+pub fn identity_request(
+    message_id: u16,
+    token: Vec<u8>,
+    confirmable: bool,
+    target: &ResourcePath,
+    eap_identifier: u8,
+    offer: &CoapEapInfo,
+) -> Message {
+    let ty = if confirmable {
+        MessageType::Con
+    } else {
+        MessageType::Non
+    };
+    let mut msg = Message::new(ty, Code::POST, message_id, token);
+    msg.set_uri_path(&target.to_path_string());
+    msg.set_content_format(CONTENT_FORMAT_COAP_EAP);
+    let eap = [EAP_REQUEST, eap_identifier, 0, 5, EAP_TYPE_IDENTITY];
+    msg.payload = build_payload(&eap, offer);
+    msg
 }
 
 impl CoapEapAuthenticator {
@@ -229,7 +270,166 @@ impl CoapEapAuthenticator {
             nego: None,
             last_trigger_mid: None,
             last_separate: None,
+            local_first: None,
             expires_at: None,
+        }
+    }
+
+    /// An authenticator whose first exchange (RFC 9820 §3.2 steps 1–2) someone else ran on
+    /// its behalf: an MTC gateway sent the device `sent_request` (the CoAP-EAP `POST` with
+    /// EAP-Request/Identity) and the device answered `response` (docs/PROTOCOL.md §5,
+    /// batch `kind 3`). See [`CoapEapAuthenticator::handle_local_identity`].
+    pub fn resume_after_identity(
+        cfg: AuthenticatorConfig,
+        now: Instant,
+        sent_request: &Message,
+        response: &Message,
+    ) -> Result<Self, AuthError> {
+        let mut a = Self::new(cfg);
+        a.handle_local_identity(now, sent_request, response)?;
+        Ok(a)
+    }
+
+    /// Continues as if this authenticator had sent `sent_request` itself and received
+    /// `response` to it (docs/PROTOCOL.md §5): a new run replaces any run in progress (an
+    /// established session stays valid until it expires, as with a new trigger).
+    ///
+    /// `sent_request` must be exactly what [`identity_request`] builds with this
+    /// configuration's offer: a CoAP-EAP `POST` (Content-Format 269 or none, no OSCORE) to
+    /// the device's first resource, carrying an EAP-Request/Identity and the CoAP-EAP
+    /// information with the configured cipher-suite list (same suites, same order) and RID-C
+    /// and nothing else, since both are bound into the OSCORE derivation (RFC 9820 §6.2)
+    /// and the device must not have been offered anything this authenticator would not
+    /// offer. `response` must answer it: a piggybacked ACK with its Message ID and token,
+    /// or a separate response with its token (already acknowledged by whoever ran the
+    /// exchange); a 2.01 whose EAP-Response/Identity has the request's EAP Identifier.
+    ///
+    /// Then `response` is processed as the answer to the first request: cipher suite and
+    /// RID-I negotiation, Location-Path of the next resource, and
+    /// [`AuthEvent::EapResponse`] with the EAP-Response/Identity (feed it to an EAP server
+    /// that has not sent anything, with a first Identifier other than the request's). An
+    /// error response from the device, or a response that fails the negotiation, ends the
+    /// run with [`AuthEvent::Failed`] as on the normal path. Later requests continue the
+    /// request's Message IDs (`sent_request`'s + 1, …).
+    ///
+    /// Returns `Ok(false)` without doing anything when the same request (Message ID and
+    /// token) already started the run in progress (a duplicate), `Ok(true)` when the run
+    /// started. On `Err` nothing changed.
+    pub fn handle_local_identity(
+        &mut self,
+        now: Instant,
+        sent_request: &Message,
+        response: &Message,
+    ) -> Result<bool, AuthError> {
+        let (path, eap_id) = self.check_local_request(sent_request)?;
+        let key = (sent_request.message_id, sent_request.token.clone());
+        if self.local_first.as_ref() == Some(&key)
+            && self.first_path.as_ref() == Some(&path)
+            && matches!(
+                self.phase,
+                Phase::WaitCaller | Phase::WaitResponse | Phase::Authenticated
+            )
+        {
+            return Ok(false);
+        }
+        let answers = match response.ty {
+            MessageType::Ack => {
+                response.message_id == sent_request.message_id
+                    && response.token == sent_request.token
+            }
+            MessageType::Con | MessageType::Non => response.token == sent_request.token,
+            MessageType::Rst => false,
+        };
+        if !answers || !response.code.is_response() {
+            return Err(AuthError::LocalIdentity(
+                "the response does not answer the request",
+            ));
+        }
+        if response.has_option(capillary_coap::msg::option_number::OSCORE) {
+            return Err(AuthError::LocalIdentity("the response is OSCORE-protected"));
+        }
+        if response.code.is_success() {
+            if let Ok(p) = Payload::parse(&response.payload) {
+                if p.eap_code() == EAP_RESPONSE
+                    && (p.eap_identifier() != eap_id || p.eap.get(4) != Some(&EAP_TYPE_IDENTITY))
+                {
+                    return Err(AuthError::LocalIdentity(
+                        "the response is not the EAP-Response/Identity to the request",
+                    ));
+                }
+            }
+        }
+        self.first_path = Some(path.clone());
+        self.target = Some(path);
+        self.nego = None;
+        self.last_separate = None;
+        self.last_trigger_mid = None;
+        self.local_first = Some(key);
+        self.next_mid = sent_request.message_id.wrapping_add(1);
+        self.outstanding = Some(Outstanding {
+            msg: sent_request.clone(),
+            kind: Kind::First,
+            protected: false,
+            retransmits: 0,
+            timeout: self.cfg.ack_timeout,
+            next_at: now + self.cfg.ack_timeout,
+            acked: false,
+        });
+        self.phase = Phase::WaitResponse;
+        let before = self.events.len();
+        self.on_response(now, response, false);
+        // A separate CON response was acknowledged by whoever ran the exchange.
+        let mut i = before;
+        while i < self.events.len() {
+            if matches!(&self.events[i], AuthEvent::Transmit(m) if m.code.is_empty()) {
+                self.events.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.last_separate = None;
+        Ok(true)
+    }
+
+    /// The checks of [`Self::handle_local_identity`] on the request: the first resource and
+    /// the EAP Identifier.
+    fn check_local_request(&self, req: &Message) -> Result<(ResourcePath, u8), AuthError> {
+        let refuse = |why| Err(AuthError::LocalIdentity(why));
+        if req.code != Code::POST || !matches!(req.ty, MessageType::Con | MessageType::Non) {
+            return refuse("the request is not a CON or NON POST");
+        }
+        if is_trigger(req) || req.has_option(capillary_coap::msg::option_number::OSCORE) {
+            return refuse("the request is not a CoAP-EAP request");
+        }
+        if req
+            .content_format()
+            .is_some_and(|cf| cf != CONTENT_FORMAT_COAP_EAP)
+        {
+            return refuse("the request has another Content-Format");
+        }
+        let path = ResourcePath::of_request(req);
+        if path.0.is_empty() || path.0.iter().any(String::is_empty) {
+            return refuse("the request has no resource path");
+        }
+        let Ok(payload) = Payload::parse(&req.payload) else {
+            return refuse("the request payload is not EAP ‖ CBOR");
+        };
+        if payload.eap_code() != EAP_REQUEST || payload.eap.get(4) != Some(&EAP_TYPE_IDENTITY) {
+            return refuse("the request does not carry EAP-Request/Identity");
+        }
+        let offer = CoapEapInfo {
+            cipher_suites: Some(self.cfg.cipher_suites.clone()),
+            rid_c: Some(self.cfg.rid_c.clone()),
+            ..CoapEapInfo::default()
+        };
+        match &payload.info {
+            Some(info) if info.cipher_suites != offer.cipher_suites => {
+                refuse("the request offers other cipher suites")
+            }
+            Some(info) if info.rid_c != offer.rid_c => refuse("the request offers another RID-C"),
+            Some(info) if *info == offer => Ok((path, payload.eap_identifier())),
+            Some(_) => refuse("the request carries other CoAP-EAP information"),
+            None => refuse("the request carries no CoAP-EAP information"),
         }
     }
 
@@ -415,6 +615,7 @@ impl CoapEapAuthenticator {
         self.outstanding = None;
         self.nego = None;
         self.last_separate = None;
+        self.local_first = None;
         self.phase = Phase::WaitCaller;
         self.events.push_back(AuthEvent::Triggered { path });
     }

@@ -91,7 +91,7 @@ pub mod peer;
 pub mod trigger;
 
 pub use authenticator::{
-    AuthError, AuthEvent, AuthFailure, AuthenticatorConfig, CoapEapAuthenticator,
+    identity_request, AuthError, AuthEvent, AuthFailure, AuthenticatorConfig, CoapEapAuthenticator,
 };
 pub use info::{CipherSuite, CoapEapInfo, InfoError};
 pub use keys::{MasterSalt, MasterSecret, OscoreMaterial};

@@ -247,6 +247,21 @@ impl CoapEapPeer {
         self.phase == Phase::Authenticated
     }
 
+    /// The CoAP-EAP information the authenticator offered in the first request of the
+    /// current (or last) exchange: its cipher-suite list exactly as sent (`None` when it sent
+    /// none) and its RID-C (RFC 9820 §5.1). `None` before the first request arrived.
+    ///
+    /// Carries no secret. An MTC gateway that authenticated itself with the network learns
+    /// here what the network offers, so that it can send its devices the same first request
+    /// (docs/PROTOCOL.md §5).
+    pub fn authenticator_offer(&self) -> Option<CoapEapInfo> {
+        self.nego.as_ref().map(|n| CoapEapInfo {
+            cipher_suites: n.cs_c.clone(),
+            rid_c: Some(n.rid_c.clone()),
+            ..CoapEapInfo::default()
+        })
+    }
+
     /// Earliest time at which [`CoapEapPeer::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let phase_deadline = match self.phase {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use capillary_aka::vector::Usim;
 use capillary_coap::Message;
 use capillary_coap_eap::trigger::is_trigger;
-use capillary_coap_eap::{CoapEapPeer, OscoreMaterial, PeerConfig, PeerEvent};
+use capillary_coap_eap::{CoapEapInfo, CoapEapPeer, OscoreMaterial, PeerConfig, PeerEvent};
 use capillary_eap::peer::{EapAkaPeer, PeerConfig as AkaPeerConfig, PeerEvent as AkaPeerEvent};
 use capillary_oscore::{ContextParams, SecurityContext};
 use rand::rngs::StdRng;
@@ -47,6 +47,8 @@ pub(crate) struct OwnAuth {
     rng: StdRng,
     msk_given: bool,
     running: bool,
+    /// The network's offer (cipher suites, RID-C) of the last successful run: no secret.
+    offer: Option<CoapEapInfo>,
     out: VecDeque<AuthOutput>,
 }
 
@@ -84,6 +86,7 @@ impl OwnAuth {
             rng,
             msk_given: false,
             running: false,
+            offer: None,
             out: VecDeque::new(),
         }
     }
@@ -111,6 +114,14 @@ impl OwnAuth {
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.coap_eap.poll_timeout()
+    }
+
+    /// What the network offered in the first request of the gateway's last successful
+    /// CoAP-EAP run (cipher-suite list as sent, RID-C; RFC 9820 §5.1): the network makes
+    /// the same offer to every peer (`LinkConfig::cipher_suites`, `LinkConfig::rid_c`), so
+    /// the gateway can send devices the same first request (PROTOCOL.md §5). No secret.
+    pub(crate) fn network_offer(&self) -> Option<&CoapEapInfo> {
+        self.offer.as_ref()
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
@@ -161,6 +172,7 @@ impl OwnAuth {
                     eap_success,
                 } => {
                     self.running = false;
+                    self.offer = self.coap_eap.authenticator_offer();
                     // Let the EAP method complete on the EAP-Success (RFC 3748 §4.2); the
                     // keys it confirms were already handed over and are dropped here.
                     self.aka.handle_request(&eap_success, &mut self.rng);

@@ -35,9 +35,6 @@ pub struct GatewayConfig {
     pub batcher: BatcherConfig,
     /// Devices held at once; datagrams of further devices are dropped and counted.
     pub max_devices: usize,
-    /// PROTOCOL.md §5 (answer EAP-Request/Identity locally, `kind 3`).
-    /// TODO: not implemented in this version; must be `false`.
-    pub local_identity: bool,
 }
 
 impl GatewayConfig {
@@ -54,17 +51,11 @@ impl GatewayConfig {
             rid_i: vec![0x01],
             batcher: BatcherConfig::default(),
             max_devices: MAX_ENTRIES,
-            local_identity: false,
         }
     }
 
     /// Checks the values the gateway cannot run with.
     pub fn validate(&self) -> Result<(), GatewayError> {
-        if self.local_identity {
-            return Err(GatewayError::InvalidConfig(
-                "local_identity (PROTOCOL.md §5) is not implemented yet; set it to false",
-            ));
-        }
         if self.rid_i.len() > 7 {
             return Err(GatewayError::InvalidConfig(
                 "rid_i is longer than 7 bytes (RFC 8613 §3.3)",
@@ -128,6 +119,24 @@ pub struct GatewayOptions {
     pub exchange_timeout: Duration,
     /// CoAP-EAP: session lifetime assumed when the network sends none. Default 8 h.
     pub default_session_lifetime: Duration,
+    /// PROTOCOL.md §5: answer a device's CoAP-EAP trigger locally with the first request
+    /// (EAP-Request/Identity and the network's cipher suites and RID-C, learnt from the
+    /// gateway's own CoAP-EAP run with the network) and forward the device's answer with
+    /// that request as one `kind 3` entry: one gateway-link round trip less per attach.
+    /// Triggers are relayed (`kind 0`) while the gateway is not authenticated. Default
+    /// `true`.
+    pub local_identity: bool,
+    /// Timers of the local EAP-Request/Identity to devices (CON, RFC 7252 §4.2/§4.8).
+    /// Default: the RFC values (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4).
+    pub capillary_link: TransmissionParams,
+    /// PROTOCOL.md §4.1: a batch whose entries need no answer from the network (only
+    /// OSCORE-protected responses, such as the devices' key confirmations after
+    /// EAP-Success, and Empty ACKs/RSTs) is sent one-way: a NON `POST /r` with
+    /// No-Response (RFC 7967), not retransmitted, not a round trip
+    /// ([`crate::GatewayStats::link_one_way`]). Loss is recovered end to end: the network
+    /// retransmits EAP-Success until the device's protected 2.04 arrives, and the device
+    /// answers from its cache. Default `true`.
+    pub confirm_one_way: bool,
 }
 
 impl Default for GatewayOptions {
@@ -149,6 +158,9 @@ impl Default for GatewayOptions {
             max_triggers: 4,
             exchange_timeout: Duration::from_secs(60),
             default_session_lifetime: Duration::from_secs(8 * 3600),
+            local_identity: true,
+            capillary_link: TransmissionParams::default(),
+            confirm_one_way: true,
         }
     }
 }

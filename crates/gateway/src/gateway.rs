@@ -11,17 +11,19 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use capillary_coap::msg::option_number;
+use capillary_coap::no_response;
 use capillary_coap::reliability::{
     Dedup, DedupResult, MessageIdAllocator, Outbox, Retransmission, TokenAllocator,
 };
 use capillary_coap::{Code, Message, MessageType};
 use capillary_oscore::{OscoreError, RequestBinding, SecurityContext};
-use capillary_relay::{Batcher, BatcherConfig, DecodedBatch};
+use capillary_relay::{Batch, Batcher, BatcherConfig, DecodedBatch, EntryKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::auth::{AuthOutput, OwnAuth};
 use crate::config::{GatewayConfig, GatewayError, GatewayOptions};
+use crate::local::{LocalIdentity, Outcome};
 use crate::relay::{DeviceRelay, RelayLimits, Sink};
 use crate::types::{AuthFailure, GatewayEvent, GatewayStats, Transmit};
 
@@ -75,6 +77,8 @@ pub struct Gateway<A> {
     rng: StdRng,
     auth: OwnAuth,
     relay: DeviceRelay<A>,
+    /// PROTOCOL.md §5: the gateway's own EAP-Request/Identity runs with devices.
+    local: LocalIdentity<A>,
     /// Context of the authentication in progress (RFC 9820 §6.2), before EAP-Success.
     pending_ctx: Option<LinkContext>,
     /// The link context.
@@ -192,8 +196,14 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 max_ready: opts.link.nstart.max(1),
             },
         );
+        // Its own stream, so that the other random choices stay what they were.
+        let local = LocalIdentity::new(
+            opts.capillary_link,
+            &mut StdRng::seed_from_u64(seed ^ 0x6c6f_6361_6c5f_6964),
+        );
         Gateway {
             invalid,
+            local,
             outbox: Outbox::new(opts.link),
             dedup: Dedup::new(&opts.link),
             // The own CoAP-EAP peer counts up from mid0; keep the link's IDs far away.
@@ -300,6 +310,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 .min(),
             self.retry_at,
             self.relay.poll_timeout(self.can_send()),
+            self.local.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -336,6 +347,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             self.link_lost(now);
         }
         self.dedup.expire(now);
+        for (addr, bytes) in self.local.handle_timeout(now) {
+            self.stats.local_identity_retransmissions += 1;
+            self.transmits.push_back(Transmit::ToDevice(addr, bytes));
+        }
         self.relay.handle_timeout(now, sink!(self));
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
@@ -352,8 +367,74 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         if self.invalid.is_some() {
             return;
         }
+        if self.local_step(now, &from, bytes) {
+            self.try_send_batch(now);
+            return;
+        }
         self.relay.device_datagram(now, from, bytes, sink!(self));
         self.try_send_batch(now);
+    }
+
+    /// PROTOCOL.md §5: a trigger answered locally, or the device's answer to the local
+    /// EAP-Request/Identity turned into a `kind 3` entry. `false`: relay the datagram.
+    fn local_step(&mut self, now: Instant, from: &A, bytes: &[u8]) -> bool {
+        let Ok(msg) = Message::parse(bytes) else {
+            return false;
+        };
+        if !msg.type_code_valid() || msg.has_option(option_number::OSCORE) {
+            return false;
+        }
+        let offer = if self.opts.local_identity && self.authenticated {
+            self.auth.network_offer().cloned()
+        } else {
+            None
+        };
+        match self
+            .local
+            .device_message(now, from, &msg, offer.as_ref(), &mut self.rng)
+        {
+            Outcome::Relay => false,
+            Outcome::Consumed => {
+                self.stats.local_identity_duplicates += 1;
+                true
+            }
+            Outcome::Reply(b) => {
+                self.stats.local_identity_duplicates += 1;
+                self.transmits
+                    .push_back(Transmit::ToDevice(from.clone(), b));
+                true
+            }
+            Outcome::Request(b) => {
+                if self.relay.handle_for(now, from, &mut self.stats).is_none() {
+                    self.local.forget(from);
+                    return true;
+                }
+                self.stats.local_identity_requests += 1;
+                self.transmits
+                    .push_back(Transmit::ToDevice(from.clone(), b));
+                true
+            }
+            Outcome::Answered {
+                request,
+                response,
+                ack,
+            } => {
+                if let Some(a) = ack {
+                    self.transmits
+                        .push_back(Transmit::ToDevice(from.clone(), a));
+                }
+                if self
+                    .relay
+                    .identity_entry(now, from, request, response, &mut self.stats)
+                {
+                    self.stats.local_identity_forwarded += 1;
+                    self.local.forwarded(now, from);
+                }
+                // Else not queued (counted): the request is retransmitted and the device
+                // answers it again from its cache (RFC 9820 §3.2).
+                true
+            }
+        }
     }
 
     /// One UDP payload from the network on the gateway link.
@@ -639,6 +720,14 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
                 return;
             }
             self.current_verified(epoch);
+            if msg.ty == MessageType::Non && no_response::should_suppress(&inner, Code::CHANGED) {
+                // §4.1: a one-way batch from the network; no response.
+                self.stats.link_one_way_in += 1;
+                if let Ok(d) = DecodedBatch::decode(&inner.payload) {
+                    self.relay.network_entries(now, d.entries, sink!(self));
+                }
+                return;
+            }
             self.serve_relay(now, epoch, &inner, &binding);
         } else if for_auth {
             // The own CoAP-EAP: EAP-Success under the new context (RFC 9820 §3.3).
@@ -859,10 +948,14 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             return false;
         };
         let entries = batch.entries.len() as u64;
+        let one_way = self.opts.confirm_one_way && needs_no_answer(&batch);
         let Ok(payload) = batch.encode() else {
             self.stats.entries_lost += entries;
             return true;
         };
+        if one_way {
+            return self.send_one_way(now, payload, entries);
+        }
         let mid = self.mids.next_id();
         let token = self.tokens.next_token();
         let mut req = Message::new(MessageType::Con, Code::POST, mid, token.clone());
@@ -904,4 +997,50 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         self.transmits.push_back(Transmit::ToNetwork(bytes));
         true
     }
+
+    /// §4.1: a batch that needs no answer, as a NON `POST /r` with No-Response (RFC 7967):
+    /// no retransmission (loss is recovered end to end), no round trip.
+    fn send_one_way(&mut self, now: Instant, payload: Vec<u8>, entries: u64) -> bool {
+        let mid = self.mids.next_id();
+        let token = self.tokens.next_token();
+        let mut req = Message::new(MessageType::Non, Code::POST, mid, token);
+        req.set_uri_path("r");
+        no_response::set(&mut req, no_response::SUPPRESS_ALL);
+        req.payload = payload;
+        let Some(cur) = self.current.as_mut() else {
+            return false;
+        };
+        let bytes = match cur.sc.protect_request(&req) {
+            Ok((outer, _)) => outer.encode(),
+            Err(e) => {
+                self.stats.entries_lost += entries;
+                if matches!(e, OscoreError::SsnExhausted) {
+                    self.link_lost(now);
+                }
+                return false;
+            }
+        };
+        let Ok(bytes) = bytes else {
+            self.stats.entries_lost += entries;
+            return true;
+        };
+        self.stats.batches_sent += 1;
+        self.stats.link_one_way += 1;
+        self.transmits.push_back(Transmit::ToNetwork(bytes));
+        true
+    }
+}
+
+/// §4.1: a batch the network has nothing to answer: every entry is a CoAP message that is
+/// an Empty ACK/RST or an OSCORE-protected response (a key confirmation after EAP-Success,
+/// an answer to a downlink); loss of those is recovered end to end. Plain responses are
+/// CoAP-EAP answers the network answers with its next request, requests need their
+/// response, and `gone` entries (which nothing would repeat) stay confirmable.
+fn needs_no_answer(batch: &Batch) -> bool {
+    batch.entries.iter().all(|e| match &e.kind {
+        EntryKind::Coap(b) => Message::parse(b).is_ok_and(|m| {
+            m.code.is_empty() || (m.code.is_response() && m.has_option(option_number::OSCORE))
+        }),
+        _ => false,
+    })
 }

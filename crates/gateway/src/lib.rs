@@ -8,6 +8,13 @@
 //!   lifetime ends, keeping the old context until the new one has verified a message (§3.3);
 //! - relays device datagrams **transparently**: each becomes a `kind 0` entry of a batch,
 //!   byte for byte, and device-bound `kind 0` entries go out byte for byte (§4);
+//! - answers a device's CoAP-EAP trigger **locally** (§5, [`GatewayOptions::local_identity`]):
+//!   the first request (EAP-Request/Identity with the network's cipher suites and RID-C,
+//!   learnt from its own CoAP-EAP run), retransmitted with RFC 7252 timers; the device's
+//!   answer and that request go up as one `kind 3` entry; no secret is involved;
+//! - sends batches that need no answer (the devices' key confirmations after EAP-Success)
+//!   **one-way**: a NON `POST /r` with No-Response, not a round trip (§4.1,
+//!   [`GatewayOptions::confirm_one_way`]);
 //! - batches device→network entries into OSCORE-protected CON `POST /r` (§4.1): a batch
 //!   closes after a quiet gap of the window (default 20 ms), when full, or 500 ms after its
 //!   first entry; a wave too large for one datagram goes as several batches released
@@ -20,12 +27,11 @@
 //! - on link loss (no answer after all retransmissions) reports [`GatewayEvent::LinkLost`]
 //!   and re-authenticates with exponential back-off.
 //!
-//! What it does not do: sockets, clocks, terminating device CoAP (no Message-ID rewriting,
-//! no retransmission on behalf of the network), PROTOCOL.md §5 local identity (`kind 3`:
-//! TODO, [`GatewayConfig::local_identity`] must be `false`).
+//! What it does not do: sockets, clocks, terminating device CoAP beyond the first exchange
+//! (no Message-ID rewriting, no retransmission on behalf of the network).
 //!
 //! R3 (the gateway holds no device key) by construction: device traffic is handled in the
-//! private `relay` module, which names no key type; only the private `auth` module (the
+//! private `relay` and `local` modules, which name no key type; only the private `auth` module (the
 //! gateway's OWN authentication) touches key types. `tests/r3_no_device_keys.rs` checks the
 //! source text.
 #![forbid(unsafe_code)]
@@ -33,6 +39,7 @@
 mod auth;
 mod config;
 mod gateway;
+mod local;
 mod relay;
 mod types;
 

@@ -122,6 +122,74 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         r
     }
 
+    /// The handle of `from`, allocated if needed and touched; `None` (counted) when
+    /// `max_devices` devices are held.
+    pub(crate) fn handle_for(
+        &mut self,
+        now: Instant,
+        from: &A,
+        stats: &mut GatewayStats,
+    ) -> Option<u32> {
+        let handle = match self.handles.get(from) {
+            Some(h) => h,
+            None if self.handles.len() >= self.limits.max_devices => {
+                stats.device_dropped_max_devices += 1;
+                return None;
+            }
+            None => match self.handles.handle_for(from, now) {
+                Ok(h) => h,
+                Err(_) => {
+                    stats.device_dropped_max_devices += 1;
+                    return None;
+                }
+            },
+        };
+        self.handles.touch(handle, now);
+        Some(handle)
+    }
+
+    /// PROTOCOL.md §5: the request the gateway sent `from` and the device's answer, as one
+    /// `kind 3` entry. `false` when it could not be queued (counted).
+    pub(crate) fn identity_entry(
+        &mut self,
+        now: Instant,
+        from: &A,
+        request: Vec<u8>,
+        response: Vec<u8>,
+        stats: &mut GatewayStats,
+    ) -> bool {
+        let entry = Entry {
+            handle: 0,
+            kind: EntryKind::Identity { request, response },
+        };
+        if entry.validate().is_err() {
+            stats.device_dropped_malformed += 1;
+            return false;
+        }
+        let Some(handle) = self.handle_for(now, from, stats) else {
+            return false;
+        };
+        let waiting = self.pending.get(&handle).copied().unwrap_or(0);
+        if waiting >= self.limits.max_pending_per_device {
+            stats.device_dropped_pending_limit += 1;
+            return false;
+        }
+        match self.push(now, Entry { handle, ..entry }) {
+            Ok(()) => {
+                *self.pending.entry(handle).or_insert(0) += 1;
+                true
+            }
+            Err(RelayError::Full) => {
+                stats.device_dropped_backpressure += 1;
+                false
+            }
+            Err(_) => {
+                stats.device_dropped_malformed += 1;
+                false
+            }
+        }
+    }
+
     /// A datagram from a device: one `kind 0` entry, or dropped and counted.
     pub(crate) fn device_datagram(
         &mut self,
@@ -135,21 +203,9 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
             sink.stats.device_dropped_malformed += 1;
             return;
         }
-        let handle = match self.handles.get(&from) {
-            Some(h) => h,
-            None if self.handles.len() >= self.limits.max_devices => {
-                sink.stats.device_dropped_max_devices += 1;
-                return;
-            }
-            None => match self.handles.handle_for(&from, now) {
-                Ok(h) => h,
-                Err(_) => {
-                    sink.stats.device_dropped_max_devices += 1;
-                    return;
-                }
-            },
+        let Some(handle) = self.handle_for(now, &from, sink.stats) else {
+            return;
         };
-        self.handles.touch(handle, now);
         let waiting = self.pending.get(&handle).copied().unwrap_or(0);
         if waiting >= self.limits.max_pending_per_device {
             sink.stats.device_dropped_pending_limit += 1;
@@ -202,7 +258,7 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         let batch = batch?;
         for e in &batch.entries {
             match e.kind {
-                EntryKind::Coap(_) => {
+                EntryKind::Coap(_) | EntryKind::Identity { .. } => {
                     if let Some(n) = self.pending.get_mut(&e.handle) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {

@@ -83,10 +83,12 @@ pub struct GatewayStats {
     /// whichever side started it, where exchanges that overlap in time count once (a
     /// `POST /r` outstanding together with another one, or a network `POST /r` answered
     /// while one of ours is outstanding, adds no waiting). See also `link_exchanges`.
+    /// One-way batches (`link_one_way`, `link_one_way_in`, PROTOCOL.md §4.1) are not round
+    /// trips: nothing waits for them.
     pub link_round_trips: u64,
     /// Completed `POST /r` exchanges, each one counted.
     pub link_exchanges: u64,
-    /// `POST /r` sent by the gateway (first transmissions).
+    /// `POST /r` sent by the gateway (first transmissions), one-way ones included.
     pub batches_sent: u64,
     /// Retransmissions of the gateway's `POST /r` (RFC 7252 §4.2).
     pub link_retransmissions: u64,
@@ -115,4 +117,18 @@ pub struct GatewayStats {
     pub unknown_handle_entries: u64,
     /// Devices released after being idle past the limit.
     pub devices_gone: u64,
+    /// One-way batches sent (NON `POST /r` with No-Response, PROTOCOL.md §4.1): counted
+    /// in `batches_sent`, never in `link_round_trips` or `link_exchanges`.
+    pub link_one_way: u64,
+    /// One-way batches received from the network (not round trips either).
+    pub link_one_way_in: u64,
+    /// Local EAP-Request/Identity sent to devices (PROTOCOL.md §5), first transmissions.
+    pub local_identity_requests: u64,
+    /// Retransmissions of local EAP-Request/Identity (RFC 7252 §4.2).
+    pub local_identity_retransmissions: u64,
+    /// `kind 3` entries queued (device answers to a local EAP-Request/Identity).
+    pub local_identity_forwarded: u64,
+    /// Device datagrams of a local identity step absorbed without relaying: repeated
+    /// triggers, repeated answers, Empty ACKs.
+    pub local_identity_duplicates: u64,
 }

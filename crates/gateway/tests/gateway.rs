@@ -347,7 +347,7 @@ fn unprotected_relay_requests_are_refused() {
 #[test]
 fn invalid_configuration_fails_closed() {
     let mut cfg = gateway_config();
-    cfg.local_identity = true;
+    cfg.rid_i = vec![0; 8];
     assert!(cfg.validate().is_err());
     let mut gw: Gateway<u32> = Gateway::new(cfg, 1);
     let now = std::time::Instant::now();

@@ -147,7 +147,10 @@ proptest! {
                         session_lifetime: Some(u32::from(r)),
                     },
                     2 => EntryKind::Gone,
-                    3 => EntryKind::Identity { eap_response: body.clone(), coap_eap_info: body },
+                    3 => EntryKind::Identity {
+                        request: device_msg(u16::from(r), &body),
+                        response: device_msg(u16::from(r), &body),
+                    },
                     k => {
                         let mut b = vec![0x40 | body.len().min(23) as u8];
                         b.extend_from_slice(&body[..body.len().min(23)]);

@@ -1,8 +1,9 @@
 //! R3 by construction (PROTOCOL.md §1: "the gateway relays, it does not hold device
-//! secrets"): the module that handles device traffic names no key type, and key types
+//! secrets"): the modules that handle device traffic name no key type, and key types
 //! appear only in the module of the gateway's OWN authentication.
 
 const RELAY: &str = include_str!("../src/relay.rs");
+const LOCAL: &str = include_str!("../src/local.rs");
 const GATEWAY: &str = include_str!("../src/gateway.rs");
 const TYPES: &str = include_str!("../src/types.rs");
 const CONFIG: &str = include_str!("../src/config.rs");
@@ -53,6 +54,8 @@ fn code(src: &str) -> String {
 fn device_traffic_module_names_no_key_type() {
     for k in KEY_TYPES {
         assert!(!names(&code(RELAY), k), "relay.rs names {k}");
+        // PROTOCOL.md §5: the local identity step handles device traffic too.
+        assert!(!names(&code(LOCAL), k), "local.rs names {k}");
     }
 }
 
@@ -60,6 +63,7 @@ fn device_traffic_module_names_no_key_type() {
 fn key_types_only_in_the_own_authentication_module() {
     for (name, src) in [
         ("relay.rs", RELAY),
+        ("local.rs", LOCAL),
         ("gateway.rs", GATEWAY),
         ("types.rs", TYPES),
         ("lib.rs", LIB),

@@ -45,7 +45,7 @@ pub const KIND_COAP: u64 = 0;
 pub const KIND_OUTCOME: u64 = 1;
 /// `kind 2`: device gone, gateway → network.
 pub const KIND_GONE: u64 = 2;
-/// `kind 3`: EAP-Response/Identity answered locally (§5), gateway → network.
+/// `kind 3`: the identity step answered locally (§5): `{1: request, 2: response}`, gateway → network.
 pub const KIND_IDENTITY: u64 = 3;
 
 /// Encoded size of the smallest possible entry, `[0, 2, h'']`.
@@ -90,12 +90,17 @@ pub enum EntryKind {
     },
     /// `2` (gateway → network): the device left or stopped answering.
     Gone,
-    /// `3` (gateway → network): `{1: eap_response_identity, 2: coap_eap_info}` (§5).
+    /// `3` (gateway → network): `{1: request, 2: response}` (§4, §5): the gateway answered
+    /// the device's CoAP-EAP trigger itself. `request` is the exact CoAP message the gateway
+    /// sent the device (`POST` carrying EAP-Request/Identity and the CoAP-EAP information),
+    /// `response` the exact CoAP message the device answered it with (2.01 carrying
+    /// EAP-Response/Identity, its CoAP-EAP information and the Location-Path). Each is at
+    /// most [`MAX_COAP_BODY`] bytes and must parse as a CoAP message.
     Identity {
-        /// The device's EAP-Response/Identity packet.
-        eap_response: Vec<u8>,
-        /// The CoAP-EAP information (cipher suites, RID-C) the device was sent.
-        coap_eap_info: Vec<u8>,
+        /// The CoAP request the gateway sent the device (UDP payload, byte for byte).
+        request: Vec<u8>,
+        /// The CoAP response the device answered (UDP payload, byte for byte).
+        response: Vec<u8>,
     },
     /// A kind this version does not know (> 3): receivers skip it (§4). `body` is the exact
     /// CBOR encoding of the body item (a `bstr` or `map`).
@@ -191,7 +196,11 @@ impl Entry {
                 }
                 Ok(())
             }
-            EntryKind::Gone | EntryKind::Identity { .. } => Ok(()),
+            EntryKind::Identity { request, response } => {
+                check_coap(request)?;
+                check_coap(response)
+            }
+            EntryKind::Gone => Ok(()),
             EntryKind::Unknown { kind, body } => {
                 if *kind <= KIND_IDENTITY {
                     return Err(RelayError::InvalidEntry(
@@ -227,10 +236,9 @@ impl Entry {
                     + session_lifetime.map_or(0, |l| 1 + head_len(u64::from(l)))
             }
             EntryKind::Gone => 1,
-            EntryKind::Identity {
-                eap_response,
-                coap_eap_info,
-            } => 1 + 1 + bytes_len(eap_response.len()) + 1 + bytes_len(coap_eap_info.len()),
+            EntryKind::Identity { request, response } => {
+                1 + 1 + bytes_len(request.len()) + 1 + bytes_len(response.len())
+            }
             EntryKind::Unknown { body, .. } => body.len(),
         };
         1 + head_len(u64::from(self.handle)) + head_len(self.kind_number()) + body
@@ -256,15 +264,12 @@ impl Entry {
             }
             // Decision: the body of `gone` is an empty byte string.
             EntryKind::Gone => write_bytes(out, &[]),
-            EntryKind::Identity {
-                eap_response,
-                coap_eap_info,
-            } => {
+            EntryKind::Identity { request, response } => {
                 write_head(out, MAJOR_MAP, 2);
                 write_head(out, MAJOR_UINT, 1);
-                write_bytes(out, eap_response);
+                write_bytes(out, request);
                 write_head(out, MAJOR_UINT, 2);
-                write_bytes(out, coap_eap_info);
+                write_bytes(out, response);
             }
             EntryKind::Unknown { body, .. } => out.extend_from_slice(body),
         }
@@ -317,23 +322,24 @@ impl Entry {
                 EntryKind::Gone
             }
             KIND_IDENTITY => {
-                let mut eap = None;
-                let mut info = None;
+                let mut request = None;
+                let mut response = None;
                 read_map(&mut r, "identity body is not a map", |r, key| {
                     match key {
-                        1 => eap = Some(read_bstr(r, "eap_response_identity is not a bstr")?),
-                        2 => info = Some(read_bstr(r, "coap_eap_info is not a bstr")?),
+                        1 => request = Some(read_bstr(r, "identity request is not a bstr")?),
+                        2 => response = Some(read_bstr(r, "identity response is not a bstr")?),
                         _ => r.skip_item()?,
                     }
                     Ok(())
                 })?;
+                let request = request.ok_or(RelayError::InvalidEntry("identity without key 1"))?;
+                let response =
+                    response.ok_or(RelayError::InvalidEntry("identity without key 2"))?;
+                check_coap(request)?;
+                check_coap(response)?;
                 EntryKind::Identity {
-                    eap_response: eap
-                        .ok_or(RelayError::InvalidEntry("identity without key 1"))?
-                        .to_vec(),
-                    coap_eap_info: info
-                        .ok_or(RelayError::InvalidEntry("identity without key 2"))?
-                        .to_vec(),
+                    request: request.to_vec(),
+                    response: response.to_vec(),
                 }
             }
             kind => {

@@ -58,18 +58,18 @@ fn fixture_1_batch() -> Batch {
 //   82 01 82                     batch, version 1, 2 entries
 //   83 05 03                     handle 5, kind 3 identity
 //   a2                           map(2)
-//   01 46 020100060161             1: EAP-Response/Identity, id 1, length 6, "a" (RFC 3748 §5.1)
-//   02 42 aabb                     2: coap_eap_info h'aabb'
+//   01 44 40020001                 1: request: CoAP CON POST, Message ID 1 (RFC 7252 §3)
+//   02 44 60410001                 2: response: CoAP ACK 2.01, Message ID 1
 //   83 18 2a 02 40               handle 42, kind 2 gone, body h''
-const FIXTURE_2: &str = "82 01 82 83 05 03 a2 01 46 020100060161 02 42 aabb 83 182a 02 40";
+const FIXTURE_2: &str = "82 01 82 83 05 03 a2 01 44 40020001 02 44 60410001 83 182a 02 40";
 
 fn fixture_2_batch() -> Batch {
     Batch::new(vec![
         Entry {
             handle: 5,
             kind: EntryKind::Identity {
-                eap_response: unhex("020100060161"),
-                coap_eap_info: unhex("aabb"),
+                request: unhex("40020001"),
+                response: unhex("60410001"),
             },
         },
         Entry::gone(42),

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use capillary_aka::vector::AuthVector;
 use capillary_coap::msg::option_number;
+use capillary_coap::no_response;
 use capillary_coap::reliability::{
     Dedup, DedupResult, MessageIdAllocator, Outbox, Retransmission, TokenAllocator,
 };
@@ -49,6 +50,9 @@ struct Gateway {
     pending_since: Option<Instant>,
     /// Requests from this gateway whose response waits for the driver.
     held: usize,
+    /// The gateway sends one-way batches (PROTOCOL.md §4.1), so it takes them too: a batch
+    /// of only "authenticated" outcomes goes to it one-way.
+    one_way: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -595,6 +599,7 @@ impl LinkEndpoint {
                     pending: Vec::new(),
                     pending_since: None,
                     held: 0,
+                    one_way: false,
                 };
                 self.gateways.insert(from, gw);
             }
@@ -706,12 +711,24 @@ impl LinkEndpoint {
             self.gw_respond(from, respond, Code::NOT_FOUND, Vec::new());
             return;
         }
+        // §4.1: a one-way batch (NON with No-Response) gets no response at all.
+        let one_way = outer.ty == MessageType::Non
+            && no_response::should_suppress(inner, Code::CHANGED)
+            && no_response::should_suppress(inner, Code::BAD_REQUEST);
+        if one_way {
+            self.stats.one_way_in += 1;
+            if let Some(gw) = self.gateways.get_mut(&from) {
+                gw.one_way = true;
+            }
+        }
         match DecodedBatch::decode(&inner.payload) {
-            Ok(d) => self.process_batch(now, from, d, Some(respond)),
+            Ok(d) => self.process_batch(now, from, d, (!one_way).then_some(respond)),
             Err(e) => {
                 count(&mut self.stats.dropped, DropCause::BadBatch);
-                let diag = e.diagnostic().unwrap_or_default().as_bytes().to_vec();
-                self.gw_respond(from, respond, e.to_coap_code(), diag);
+                if !one_way {
+                    let diag = e.diagnostic().unwrap_or_default().as_bytes().to_vec();
+                    self.gw_respond(from, respond, e.to_coap_code(), diag);
+                }
             }
         }
     }
@@ -911,15 +928,77 @@ impl LinkEndpoint {
         match e.kind {
             EntryKind::Coap(bytes) => self.device_datagram(now, key, &bytes, acc),
             EntryKind::Gone => self.remove_device(key),
-            EntryKind::Identity { .. } => {
-                // TODO(§5, local_identity): not implemented in this version.
-                count(&mut self.stats.dropped, DropCause::Unexpected);
-                if let Some(gw) = self.gateways.get_mut(&key.0) {
-                    gw.pending.push(Entry::refusal(e.handle));
-                }
+            EntryKind::Identity { request, response } => {
+                self.local_identity(now, key, &request, &response, acc);
             }
             // Outcomes only flow network → gateway; unknown kinds are skipped (§4).
             _ => {}
+        }
+    }
+
+    /// §5 (`kind 3`): the gateway answered the device's trigger with EAP-Request/Identity
+    /// itself; the device session starts from the device's answer, as if its authenticator
+    /// had sent that request. Refused (`kind 1, result 1`) when
+    /// [`LinkConfig::accept_local_identity`] is off or the request is not exactly what the
+    /// network would have sent (cipher suites, RID-C, §5).
+    fn local_identity(
+        &mut self,
+        now: Instant,
+        key: DevKey,
+        request: &[u8],
+        response: &[u8],
+        acc: &mut Acc,
+    ) {
+        let refuse = |this: &mut Self, cause| {
+            count(&mut this.stats.dropped, cause);
+            if let Some(gw) = this.gateways.get_mut(&key.0) {
+                gw.pending.push(Entry::refusal(key.1));
+            }
+        };
+        if !self.cfg.accept_local_identity {
+            refuse(self, DropCause::Unexpected);
+            return;
+        }
+        let (Ok(req), Ok(resp)) = (Message::parse(request), Message::parse(response)) else {
+            refuse(self, DropCause::Malformed);
+            return;
+        };
+        if !req.type_code_valid() || !resp.type_code_valid() {
+            refuse(self, DropCause::Malformed);
+            return;
+        }
+        let created = !self.devices.contains_key(&key);
+        if created {
+            if self.devices.len() >= self.cfg.max_devices {
+                refuse(self, DropCause::Limit);
+                return;
+            }
+            let s = Session::new(&self.cfg, &mut self.rng, true);
+            self.devices.insert(key, s);
+        }
+        let mut p = Pumped::default();
+        let res = match self.devices.get_mut(&key) {
+            Some(s) => {
+                let r = s.local_identity(now, &mut self.rng, &self.cfg, &req, &resp);
+                if r.is_ok() {
+                    s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                }
+                r
+            }
+            None => return,
+        };
+        match res {
+            Ok(true) => {
+                self.stats.local_identities += 1;
+                self.route_device(key, p, acc);
+            }
+            Ok(false) => self.stats.duplicates += 1,
+            Err(_) => {
+                if created {
+                    self.devices.remove(&key);
+                }
+                refuse(self, DropCause::BadEntry);
+            }
         }
     }
 
@@ -1010,11 +1089,41 @@ impl LinkEndpoint {
                 gw.pending_since = None;
             }
             let n = entries.len() as u64;
+            // §4.1: only "authenticated" outcomes (the answer to one-way key confirmations)
+            // go one-way to a gateway that sends one-way batches itself: losing one costs
+            // the gateway an event, nothing else.
+            let one_way = gw.one_way
+                && entries.iter().all(|e| {
+                    matches!(
+                        e.kind,
+                        EntryKind::Outcome {
+                            result: OutcomeResult::Authenticated,
+                            ..
+                        }
+                    )
+                });
             let Ok(payload) = Batch::new(entries).encode() else {
                 continue;
             };
             let mid = gw.mids.next_id();
             let token = gw.tokens.next_token();
+            if one_way {
+                let mut m = Message::new(MessageType::Non, Code::POST, mid, token);
+                m.set_uri_path("r");
+                no_response::set(&mut m, no_response::SUPPRESS_ALL);
+                m.payload = payload;
+                if let Ok(bytes) = keys
+                    .ctx
+                    .protect_request(&m)
+                    .and_then(|(p, _)| Ok(p.encode()?))
+                {
+                    self.stats.one_way_out += 1;
+                    self.stats.batches_out += 1;
+                    self.stats.entries_out += n;
+                    self.transmits.push_back((*addr, bytes));
+                }
+                continue;
+            }
             let mut m = Message::new(MessageType::Con, Code::POST, mid, token.clone());
             m.set_uri_path("r");
             m.payload = payload;

@@ -18,6 +18,19 @@
 //!   `Device`) and ONE [`LinkEvent::Authorize`] (all `(device, gateway)` pairs, §6); the
 //!   sessions continue only once the driver answered, and the request is then answered with
 //!   ONE `2.04` carrying a batch of the device-bound entries (plus `kind 1` outcomes, no keys).
+//! - **`kind 3` entries** (PROTOCOL.md §5): the gateway answered a device's CoAP-EAP trigger
+//!   with EAP-Request/Identity itself and forwards `{1: request, 2: response}`. When
+//!   [`LinkConfig::accept_local_identity`] is on and the request offers exactly
+//!   [`LinkConfig::cipher_suites`] and [`LinkConfig::rid_c`], the device session starts as if
+//!   its authenticator had sent that request
+//!   ([`capillary_coap_eap::CoapEapAuthenticator::handle_local_identity`]) and the EAP-AKA'
+//!   server starts from the device's EAP-Response/Identity, its own Identifiers following
+//!   the request's; otherwise the entry is refused with `kind 1, result 1`. The vector
+//!   request and the attach check of the identity join the batch's store requests.
+//! - **One-way batches** (§4.1): a NON `POST /r` with No-Response is processed like any
+//!   batch but never answered ([`LinkStats::one_way_in`]); to a gateway that sends them, a
+//!   batch made only of "authenticated" outcomes goes one-way too
+//!   ([`LinkStats::one_way_out`]).
 //! - Device-bound messages produced later (the per-device authenticators' retransmissions,
 //!   downlink, answers that arrive after the response, entries a full response could not
 //!   carry) wait [`LinkConfig::batch_window`] for a response to ride on, then leave in one
@@ -42,8 +55,6 @@
 //!   ([`LinkStats::dropped`]); no input bytes can make it panic.
 //!
 //! Deliberately not done in this version (see the contract's "Scope"):
-//! - `kind 3` identity entries (§5, the gateway answering EAP-Request/Identity locally): they
-//!   are refused with `kind 1, result 1`. TODO together with the gateway's `local_identity`.
 //! - Pseudonyms and fast re-authentication: [`LinkEndpoint::new`] turns both off in the EAP
 //!   server configuration, because the endpoint has no event yet to persist the identities
 //!   they hand out (an identity must be durable before the message that carries it leaves).
@@ -104,6 +115,12 @@ pub struct LinkConfig {
     pub max_gateways: usize,
     /// Most device sessions tracked at once (new triggers beyond are refused).
     pub max_devices: usize,
+    /// PROTOCOL.md §5: accept `kind 3` entries (the gateway answered the device's CoAP-EAP
+    /// trigger with EAP-Request/Identity itself). Each is checked to offer exactly
+    /// [`Self::cipher_suites`] and [`Self::rid_c`]; a device session then starts from the
+    /// device's EAP-Response/Identity. When `false`, `kind 3` entries are refused with
+    /// `kind 1, result 1`. Default `true`.
+    pub accept_local_identity: bool,
 }
 
 impl Default for LinkConfig {
@@ -124,6 +141,7 @@ impl Default for LinkConfig {
             response_hold: Duration::from_secs(1),
             max_gateways: 1024,
             max_devices: 100_000,
+            accept_local_identity: true,
         }
     }
 }
@@ -302,8 +320,17 @@ pub struct LinkStats {
     pub store_round_trips: u64,
     /// Authentications that succeeded (devices and gateways).
     pub authenticated: u64,
-    /// Duplicate requests answered from the cache (or ignored while being processed).
+    /// Duplicate requests answered from the cache (or ignored while being processed), and
+    /// duplicate `kind 3` entries.
     pub duplicates: u64,
+    /// One-way batches (NON `POST /r` with No-Response, RFC 7967; PROTOCOL.md §4.1)
+    /// received from gateways: not round trips.
+    pub one_way_in: u64,
+    /// One-way batches sent to gateways (only `kind 1` "authenticated" outcomes, to a
+    /// gateway that sends one-way batches itself).
+    pub one_way_out: u64,
+    /// `kind 3` entries that started a device run (PROTOCOL.md §5).
+    pub local_identities: u64,
     /// Failed authentications by cause.
     pub failures: BTreeMap<FailureCause, u64>,
     /// Dropped inputs by cause.

@@ -160,6 +160,52 @@ impl Session {
         }
     }
 
+    /// A new EAP run whose EAP-Request/Identity had Identifier `identity_id`: a fresh
+    /// EAP-AKA' server whose own requests start at the next Identifier (RFC 3748 §4.1: it
+    /// must differ from the one of the request just answered). Keeps confirmed keys.
+    fn begin_run(&mut self, rng: &mut StdRng, cfg: &LinkConfig, identity_id: u8) {
+        // Random, not a counter: a session re-created under the same key must not accept
+        // answers meant for its predecessor.
+        self.generation = rng.gen();
+        self.server = Some(EapAkaServer::new(
+            cfg.eap.clone(),
+            identity_id.wrapping_add(1),
+        ));
+        self.imsi = None;
+        self.wait = None;
+        self.pending_secrets = None;
+        self.new_keys = None;
+        self.protected_out.clear();
+        self.eap_failure = None;
+        self.refused = false;
+        self.last_response_id = None;
+    }
+
+    /// PROTOCOL.md §5 (`kind 3`): the gateway sent the device `request` (EAP-Request/Identity
+    /// with the network's CoAP-EAP information) and the device answered `response`. The
+    /// run continues as if this session's authenticator had sent that request
+    /// ([`CoapEapAuthenticator::handle_local_identity`] checks it offers exactly the
+    /// configured cipher suites and RID-C); the EAP server starts from the
+    /// EAP-Response/Identity. `Ok(false)`: a duplicate of the run in progress, ignored.
+    /// Call [`Session::pump`] next.
+    pub fn local_identity(
+        &mut self,
+        now: Instant,
+        rng: &mut StdRng,
+        cfg: &LinkConfig,
+        request: &Message,
+        response: &Message,
+    ) -> Result<bool, capillary_coap_eap::AuthError> {
+        let started = self.auth.handle_local_identity(now, request, response)?;
+        if started {
+            let id = capillary_coap_eap::info::Payload::parse(&request.payload)
+                .map(|p| p.eap_identifier())
+                .unwrap_or_default();
+            self.begin_run(rng, cfg, id);
+        }
+        Ok(started)
+    }
+
     /// Is an EAP run in progress (not yet ended by EAP-Success or EAP-Failure)?
     pub fn run_in_progress(&self) -> bool {
         self.server.as_ref().is_some_and(|s| !s.is_finished())
@@ -260,21 +306,10 @@ impl Session {
     ) {
         match ev {
             AuthEvent::Triggered { .. } => {
-                // Random, not a counter: a session re-created under the same key must not
-                // accept answers meant for its predecessor.
-                self.generation = rng.gen();
                 // The authenticator sends EAP-Request/Identity itself; the server adopts the
                 // Identifier of the EAP-Response/Identity (RFC 3748 §5.1).
                 let id: u8 = rng.gen();
-                self.server = Some(EapAkaServer::new(cfg.eap.clone(), id.wrapping_add(1)));
-                self.imsi = None;
-                self.wait = None;
-                self.pending_secrets = None;
-                self.new_keys = None;
-                self.protected_out.clear();
-                self.eap_failure = None;
-                self.refused = false;
-                self.last_response_id = None;
+                self.begin_run(rng, cfg, id);
                 // Errors here mean the authenticator is not waiting: nothing to send.
                 let _ = self.auth.send_eap_request(now, &eap::identity_request(id));
             }

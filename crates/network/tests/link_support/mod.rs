@@ -346,6 +346,10 @@ pub struct World {
 
 impl World {
     pub fn new(seed: u64) -> Self {
+        Self::with_config(seed, LinkConfig::default())
+    }
+
+    pub fn with_config(seed: u64, cfg: LinkConfig) -> Self {
         let mut subs = HashMap::new();
         subs.insert(
             GW_IMSI.to_owned(),
@@ -358,7 +362,7 @@ impl World {
         );
         Self {
             now: Instant::now(),
-            net: LinkEndpoint::new(LinkConfig::default(), seed),
+            net: LinkEndpoint::new(cfg, seed),
             gw: GatewaySim::new(seed ^ 0x55),
             gw_addr: "192.0.2.1:5683".parse().unwrap(),
             devices: Vec::new(),

@@ -44,14 +44,8 @@ pub fn entry() -> impl Strategy<Value = Entry> {
             }
         }),
         Just(EntryKind::Gone),
-        (
-            proptest::collection::vec(any::<u8>(), 0..300),
-            proptest::collection::vec(any::<u8>(), 0..40)
-        )
-            .prop_map(|(eap_response, coap_eap_info)| EntryKind::Identity {
-                eap_response,
-                coap_eap_info
-            }),
+        (coap_message(300), coap_message(300))
+            .prop_map(|(request, response)| EntryKind::Identity { request, response }),
         (
             4u64..=u64::MAX,
             proptest::collection::vec(any::<u8>(), 0..300)
