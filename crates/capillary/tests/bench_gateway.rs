@@ -17,7 +17,10 @@ fn field<'a>(json: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn every_device_authenticates_through_one_gateway() {
-    for extra in [&[][..], &["--wave", "40", "--wave-interval", "10", "--uplink"][..]] {
+    for extra in [
+        &[][..],
+        &["--wave", "40", "--wave-interval", "10", "--uplink"][..],
+    ] {
         let out = Command::new(BIN)
             .args(["bench", "gateway", "-n", "200", "--json", "--timeout", "60"])
             .args(extra)

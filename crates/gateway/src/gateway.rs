@@ -59,6 +59,8 @@ struct InFlight {
     epoch: u64,
     binding: RequestBinding,
     entries: u64,
+    /// The round trip this exchange belongs to (see `own_exchange_done`).
+    round: u64,
     /// Set once an Empty ACK arrived: wait for the separate response until then.
     separate_deadline: Option<Instant>,
 }
@@ -99,7 +101,11 @@ pub struct Gateway<A> {
     tokens: TokenAllocator,
     inflight: Vec<InFlight>,
     /// The outstanding `POST /r` exchanges already count as one round trip.
-    round_counted: bool,
+    /// Round-trip accounting (`GatewayStats::link_round_trips`): the newest round, whether
+    /// it still takes new exchanges (none of it completed yet), the newest round counted.
+    round: u64,
+    round_open: bool,
+    round_counted: u64,
     /// Message IDs of our `POST /r` (current context) answered with an unprotected 4.01,
     /// and when, since the last authenticated message: evidence that the network forgot
     /// the gateway, acted on at [`UNAUTHORIZED_QUORUM`] different exchanges.
@@ -222,7 +228,9 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             authenticated: false,
             session_lifetime: None,
             inflight: Vec::new(),
-            round_counted: false,
+            round: 0,
+            round_open: false,
+            round_counted: 0,
             unauthorized: Vec::new(),
             serving: None,
             retry_at: None,
@@ -488,15 +496,22 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             && self.inflight.len() < self.opts.link.nstart.max(1)
     }
 
-    /// One of our `POST /r` completed (already removed from `inflight`). Exchanges that
-    /// overlap in time count as one round trip: the first to complete counts it, the others
-    /// outstanding with it add no waiting.
-    fn own_exchange_done(&mut self) {
+    /// One of our `POST /r` of round `round` completed (already removed from `inflight`).
+    /// A round is the exchanges sent together: a `POST /r` sent while the exchanges of the
+    /// newest round are all still outstanding joins that round (it adds no waiting); one
+    /// sent after an exchange of it completed — it waited for that answer, or for a free
+    /// NSTART slot — starts a new round. Each round counts once, when its first exchange
+    /// completes. A wave of more datagrams than NSTART therefore costs more than one round
+    /// trip, as it does in time.
+    fn own_exchange_done(&mut self, round: u64) {
         self.stats.link_exchanges += 1;
-        if !self.round_counted {
+        if round > self.round_counted {
             self.stats.link_round_trips += 1;
+            self.round_counted = round;
         }
-        self.round_counted = !self.inflight.is_empty();
+        if round == self.round {
+            self.round_open = false;
+        }
     }
 
     fn send(&mut self, m: &Message) -> Option<Vec<u8>> {
@@ -587,7 +602,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         for inf in self.inflight.drain(..) {
             self.stats.entries_lost += inf.entries;
         }
-        self.round_counted = false;
+        self.round_open = false;
         self.unauthorized.clear();
         self.outbox = Outbox::new(self.opts.link);
         self.pending_ctx = None;
@@ -859,7 +874,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         let inf = self.inflight.remove(idx);
         self.outbox.cancel(inf.mid);
         self.ack_separate(now, msg);
-        self.own_exchange_done();
+        self.own_exchange_done(inf.round);
         self.current_verified(epoch);
         self.maybe_drop_previous();
         if inner.code != Code::CHANGED {
@@ -903,7 +918,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         if self.current.as_ref().map(|c| c.epoch) != Some(epoch) {
             let inf = self.inflight.remove(idx);
             if self.inflight.is_empty() {
-                self.round_counted = false;
+                self.round_open = false;
             }
             self.outbox.cancel(inf.mid);
             self.stats.batches_refused += 1;
@@ -982,8 +997,9 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         };
         let jitter: f64 = self.rng.gen();
         self.outbox.send_con(now, bytes.clone(), mid, jitter);
-        if self.inflight.is_empty() {
-            self.round_counted = false;
+        if self.inflight.is_empty() || !self.round_open {
+            self.round += 1;
+            self.round_open = true;
         }
         self.inflight.push(InFlight {
             mid,
@@ -991,6 +1007,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             epoch,
             binding,
             entries,
+            round: self.round,
             separate_deadline: None,
         });
         self.stats.batches_sent += 1;

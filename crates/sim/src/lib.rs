@@ -114,26 +114,20 @@ pub fn apply_mode(
     opts: &mut GatewayOptions,
     link: &mut LinkConfig,
 ) {
-    match mode {
-        Mode::Naive => {
-            batcher.window = Duration::ZERO;
-            batcher.max_entries = 1;
-            opts.batch_max_delay = Duration::ZERO;
-            opts.link.nstart = naive_nstart.max(1);
-            link.max_batch_entries = 1;
-            link.batch_window = Duration::ZERO;
-            link.transmission.nstart = naive_nstart.max(1);
-        }
-        Mode::Batched => {
-            // lead: once merged, turn the optimisations OFF here so that `batched` stays
-            // batching alone: `opts.local_identity = false; opts.confirm_one_way = false;
-            // link.accept_local_identity = false;` (their defaults become true).
-        }
-        Mode::Optimised => {
-            // lead: once merged, turn every optimisation ON here explicitly:
-            // `opts.local_identity = true; opts.confirm_one_way = true;
-            // link.accept_local_identity = true;`. Until then Optimised = Batched.
-        }
+    // The optimisations of PROTOCOL.md §5 (local identity) and §4.1 (one-way key
+    // confirmations); the naive relay and plain batching run without them.
+    let optimised = mode == Mode::Optimised;
+    opts.local_identity = optimised;
+    opts.confirm_one_way = optimised;
+    link.accept_local_identity = optimised;
+    if mode == Mode::Naive {
+        batcher.window = Duration::ZERO;
+        batcher.max_entries = 1;
+        opts.batch_max_delay = Duration::ZERO;
+        opts.link.nstart = naive_nstart.max(1);
+        link.max_batch_entries = 1;
+        link.batch_window = Duration::ZERO;
+        link.transmission.nstart = naive_nstart.max(1);
     }
 }
 

@@ -165,7 +165,7 @@ fn ten_thousand_is_the_limit() {
 }
 
 /// The one hook of the modes: naive turns batching off on both ends, batched keeps the
-/// defaults of the gateway and the network.
+/// batching defaults without the optimisations, optimised is the defaults.
 #[test]
 fn apply_mode_is_the_one_switch() {
     use capillary_gateway::{BatcherConfig, GatewayOptions};
@@ -176,9 +176,16 @@ fn apply_mode_is_the_one_switch() {
         GatewayOptions::default(),
         LinkConfig::default(),
     );
-    apply_mode(Mode::Batched, 4, &mut b, &mut o, &mut l);
+    // Optimised: the defaults of both ends, every optimisation on.
+    apply_mode(Mode::Optimised, 4, &mut b, &mut o, &mut l);
     assert_eq!(b, BatcherConfig::default());
     assert_eq!(o, GatewayOptions::default());
+    assert!(o.local_identity && o.confirm_one_way && l.accept_local_identity);
+    // Batched: the same batching, without the local identity step and one-way batches.
+    apply_mode(Mode::Batched, 4, &mut b, &mut o, &mut l);
+    assert_eq!(b, BatcherConfig::default());
+    assert!(!o.local_identity && !o.confirm_one_way && !l.accept_local_identity);
+    assert_eq!(o.batch_max_delay, GatewayOptions::default().batch_max_delay);
     assert_eq!(l.max_batch_entries, LinkConfig::default().max_batch_entries);
     apply_mode(Mode::Naive, 7, &mut b, &mut o, &mut l);
     assert_eq!((b.max_entries, b.window), (1, Duration::ZERO));
