@@ -184,6 +184,32 @@ pub struct EapConfig {
     pub max_reauth: u16,
     /// Use protected result indications (AT_RESULT_IND, RFC 4187 §6.2).
     pub result_indication: bool,
+    /// Where the pseudonyms and fast re-authentication contexts issued on the RADIUS path
+    /// live: `"store"` (default) or `"memory"`.
+    pub identity_store: IdentityStore,
+}
+
+/// `[eap] identity_store`: where issued pseudonyms and fast re-authentication contexts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IdentityStore {
+    /// Rows in the subscriber store, committed before the challenge or success that names them
+    /// leaves the process. They survive a restart and are shared by every instance using the
+    /// same store. Costs a store write (WAL pages under random keys) per full authentication.
+    /// Required when several instances serve the same subscribers (a peer may come back to
+    /// another instance).
+    #[default]
+    Store,
+    /// Tables in this process only, as hostapd keeps them: one re-authentication context and
+    /// at most two pseudonyms per subscriber, no store write besides the SQN. A restart (or
+    /// another instance) loses them, which the protocol absorbs: an unknown pseudonym or
+    /// re-authentication identity makes the server ask for the permanent identity (RFC 4187
+    /// §4.1.4, RFC 9048 §3), then a full authentication follows. Counters die with their
+    /// context, so none can be reused. Costs privacy (one more permanent identity in clear
+    /// after each restart) and one more round trip and SQN for peers that come back after it.
+    /// Single-instance deployments only.
+    Memory,
 }
 
 impl Default for EapConfig {
@@ -194,6 +220,7 @@ impl Default for EapConfig {
             fast_reauth: true,
             max_reauth: 16,
             result_indication: false,
+            identity_store: IdentityStore::Store,
         }
     }
 }
@@ -304,6 +331,17 @@ mod tests {
         let cfg = CoreConfig::from_toml(text).unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2"));
         assert_eq!(cfg.radius.client[0].prefix().unwrap().1, 128);
+    }
+
+    #[test]
+    fn identity_store_is_store_unless_memory_is_asked() {
+        assert_eq!(
+            CoreConfig::from_toml("").unwrap().eap.identity_store,
+            IdentityStore::Store
+        );
+        let cfg = CoreConfig::from_toml("[eap]\nidentity_store = \"memory\"\n").unwrap();
+        assert_eq!(cfg.eap.identity_store, IdentityStore::Memory);
+        assert!(CoreConfig::from_toml("[eap]\nidentity_store = \"disk\"\n").is_err());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::auc::{Auc, AucError, Prefetch};
-use crate::config::CoreConfig;
+use crate::config::{CoreConfig, IdentityStore};
+use crate::identities::MemoryIdentities;
 use crate::{lock, unix_now};
 
 /// Why the network side could not start or stopped.
@@ -179,6 +180,9 @@ struct Core {
     /// The same AuC with an SQN stock, for the RADIUS conversations (see [`crate::auc::Prefetch`]).
     vectors: Auc,
     eap: ServerConfig,
+    /// Pseudonyms and re-authentication contexts in this process (`identity_store = "memory"`);
+    /// `None`: in the store.
+    identities: Option<MemoryIdentities>,
     socket: UdpSocket,
     session_timeout: Duration,
 }
@@ -273,6 +277,10 @@ pub async fn run_with_store(
         },
         auc: Auc::new(store, cfg.auc.ind),
         eap,
+        identities: match cfg.eap.identity_store {
+            IdentityStore::Memory => Some(MemoryIdentities::default()),
+            _ => None,
+        },
         socket,
         session_timeout: Duration::from_secs(cfg.radius.session_timeout_secs),
     });
@@ -326,6 +334,12 @@ async fn housekeeping(core: Arc<Core>) {
         if last_purge.elapsed() >= Duration::from_secs(60) {
             last_purge = Instant::now();
             // Pseudonyms and re-authentication records the peer never used expire here.
+            if let Some(ids) = &core.identities {
+                let purged = ids.purge_expired(unix_now());
+                if purged > 0 {
+                    debug!(purged, "expired in-memory identities purged");
+                }
+            }
             match core.auc.store().purge_expired(unix_now()).await {
                 Ok(0) => {}
                 Ok(purged) => debug!(
@@ -551,15 +565,28 @@ struct Pending {
 impl Pending {
     /// Stores everything pending, concurrently (both writes usually share one group commit),
     /// and returns only once it is durable. False if any write failed: the message that names
-    /// the identities must then not be sent.
-    async fn flush(&mut self, store: &dyn SubscriberStore) -> bool {
+    /// the identities must then not be sent. With in-memory identities, records them in the
+    /// process (no store access).
+    async fn flush(&mut self, core: &Core) -> bool {
         let pseudonym = self.pseudonym.take();
         let reauth = self.reauth.take();
+        if let Some(ids) = &core.identities {
+            let p = match &pseudonym {
+                Some((p, imsi)) => ids.put_pseudonym(p, imsi, unix_now() + PSEUDONYM_LIFETIME_SECS),
+                None => Ok(()),
+            };
+            let r = match &reauth {
+                Some(r) => ids.put_reauth(r),
+                None => Ok(()),
+            };
+            return check_flushed(&p, &r);
+        }
+        let store: &dyn SubscriberStore = core.auc.store().as_ref();
         let (p, r) = tokio::join!(
             async {
                 match &pseudonym {
                     Some((p, imsi)) => {
-                        let expires = unix_now() + 7 * 24 * 3600;
+                        let expires = unix_now() + PSEUDONYM_LIFETIME_SECS;
                         store.put_pseudonym(p, imsi, expires).await
                     }
                     None => Ok(()),
@@ -572,14 +599,22 @@ impl Pending {
                 }
             }
         );
-        if let Err(e) = &p {
-            warn!(error = %e, "storing a pseudonym failed");
-        }
-        if let Err(e) = &r {
-            warn!(error = %e, "storing a re-authentication identity failed");
-        }
-        p.is_ok() && r.is_ok()
+        check_flushed(&p, &r)
     }
+}
+
+/// Seconds an issued pseudonym stays valid.
+const PSEUDONYM_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
+/// Logs failed identity writes; true if both succeeded.
+fn check_flushed(p: &Result<(), StoreError>, r: &Result<(), StoreError>) -> bool {
+    if let Err(e) = p {
+        warn!(error = %e, "storing a pseudonym failed");
+    }
+    if let Err(e) = r {
+        warn!(error = %e, "storing a re-authentication identity failed");
+    }
+    p.is_ok() && r.is_ok()
 }
 
 /// Executes the EAP server's events in order until it has something for the wire. Pseudonyms
@@ -592,7 +627,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
     while let Some(event) = s.eap.poll_event() {
         match event {
             ServerEvent::Send(eap) => {
-                if !pending.flush(store).await {
+                if !pending.flush(core).await {
                     return Outcome::StoreFailure;
                 }
                 return Outcome::Challenge(eap);
@@ -632,7 +667,11 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 }
             }
             ServerEvent::ResolvePseudonym { pseudonym } => {
-                match store.resolve_pseudonym(&pseudonym, unix_now()).await {
+                let found = match &core.identities {
+                    Some(ids) => Ok(ids.resolve_pseudonym(&pseudonym, unix_now())),
+                    None => store.resolve_pseudonym(&pseudonym, unix_now()).await,
+                };
+                match found {
                     Ok(imsi) => s.eap.provide_pseudonym(imsi, &mut rng),
                     Err(e) => {
                         warn!(error = %e, "pseudonym lookup failed");
@@ -641,7 +680,11 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 }
             }
             ServerEvent::ResolveReauth { reauth_id } => {
-                match claim_reauth(store, &reauth_id).await {
+                let claimed = match &core.identities {
+                    Some(ids) => claim_memory_reauth(store, ids, &reauth_id).await,
+                    None => claim_reauth(store, &reauth_id).await,
+                };
+                match claimed {
                     Ok(rec) => s.eap.provide_reauth(
                         rec.map(|r| ReauthContext {
                             imsi: r.imsi,
@@ -678,7 +721,9 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 pending.reauth = Some(r);
             }
             ServerEvent::ForgetReauth { reauth_id } => {
-                if let Err(e) = store.delete_reauth(&reauth_id).await {
+                if let Some(ids) = &core.identities {
+                    ids.delete_reauth(&reauth_id);
+                } else if let Err(e) = store.delete_reauth(&reauth_id).await {
                     warn!(error = %e, "deleting a used re-authentication identity failed");
                 }
             }
@@ -695,7 +740,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 ..
             } => {
                 drop(emsk);
-                if !pending.flush(store).await {
+                if !pending.flush(core).await {
                     return Outcome::StoreFailure;
                 }
                 info!(%imsi, method = %method_name(&method), identity = %identity_name(&identity), client = %s.client, "authenticated");
@@ -703,14 +748,14 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
             }
             ServerEvent::Failure { eap, reason } => {
                 // Nothing pending matters to a failure; still stored, as the server asked.
-                pending.flush(store).await;
+                pending.flush(core).await;
                 info!(reason = %failure_name(&reason), client = %s.client, "authentication failed");
                 return Outcome::Reject(eap);
             }
             other => debug!(event = ?other, "EAP server event ignored"),
         }
     }
-    if !pending.flush(store).await {
+    if !pending.flush(core).await {
         return Outcome::StoreFailure;
     }
     Outcome::Silent
@@ -734,6 +779,27 @@ async fn claim_reauth(
     } else {
         debug!("re-authentication identity raced by another conversation");
         Ok(None)
+    }
+}
+
+/// [`claim_reauth`] for in-memory contexts. A subscriber removed or barred since its full
+/// authentication gets no fast re-authentication: removing a subscriber deletes its stored
+/// contexts but cannot reach this process's tables, so its status is read here.
+async fn claim_memory_reauth(
+    store: &dyn SubscriberStore,
+    ids: &MemoryIdentities,
+    reauth_id: &str,
+) -> Result<Option<ReauthRecord>, StoreError> {
+    let Some(rec) = ids.claim_reauth(reauth_id, unix_now()) else {
+        return Ok(None);
+    };
+    match store.get(&rec.imsi).await? {
+        Some(sub) if sub.status == capillary_store::SubscriberStatus::Active => Ok(Some(rec)),
+        _ => {
+            ids.delete_reauth(reauth_id);
+            debug!("re-authentication context of a removed or barred subscriber dropped");
+            Ok(None)
+        }
     }
 }
 
