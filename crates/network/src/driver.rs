@@ -131,6 +131,11 @@ pub struct CoreHandle {
     /// The bound RADIUS address.
     pub local_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The RADIUS thread (see [`spawn_radius_thread`]): dropping the sender stops it.
+    radius: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
     core: Arc<Core>,
     /// The gateway link, when `[link] listen` is set.
     pub link: Option<crate::link_driver::LinkHandle>,
@@ -154,6 +159,10 @@ impl CoreHandle {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some((stop, thread)) = self.radius.take() {
+            let _ = stop.send(());
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         info!(stats = ?lock(&self.core.radius).stats(), "RADIUS counters");
         if let Some(link) = &self.link {
@@ -244,9 +253,20 @@ pub async fn run_with_store(
 ) -> Result<CoreHandle, NetworkError> {
     cfg.check()?;
     let clients = radius_clients(&cfg)?;
-    let socket = UdpSocket::bind(cfg.radius.listen)
-        .await
+    // The RADIUS path runs on its own single-threaded runtime (see `spawn_radius_thread`); its
+    // socket must be registered with that runtime's reactor.
+    let radius_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the RADIUS runtime"))?;
+    let socket = std::net::UdpSocket::bind(cfg.radius.listen)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
         .map_err(io(format!("binding RADIUS socket {}", cfg.radius.listen)))?;
+    let socket = {
+        let _guard = radius_rt.enter();
+        UdpSocket::from_std(socket)
+            .map_err(io(format!("binding RADIUS socket {}", cfg.radius.listen)))?
+    };
     let local_addr = socket
         .local_addr()
         .map_err(io("reading the bound address"))?;
@@ -285,10 +305,8 @@ pub async fn run_with_store(
         session_timeout: Duration::from_secs(cfg.radius.session_timeout_secs),
     });
     info!(%local_addr, network_name = %cfg.eap.network_name, ind = cfg.auc.ind, "RADIUS server listening");
-    let mut tasks = vec![
-        tokio::spawn(receive_loop(core.clone())),
-        tokio::spawn(housekeeping(core.clone())),
-    ];
+    let radius = spawn_radius_thread(radius_rt, core.clone())?;
+    let mut tasks = vec![tokio::spawn(housekeeping(core.clone()))];
     if let Some(path) = &cfg.hlr_auc_gw.socket {
         let task = crate::hlr_auc_gw::serve(path.clone(), core.auc.clone())
             .await
@@ -320,10 +338,45 @@ pub async fn run_with_store(
     Ok(CoreHandle {
         local_addr,
         tasks,
+        radius: Some(radius),
         core,
         link,
         northbound,
     })
+}
+
+/// Runs the RADIUS receive loop, and the requests that wait on the store, on `rt` (a
+/// single-threaded runtime) in a thread of its own, as hostapd runs its event loop. A datagram
+/// is then received, handled and answered without crossing threads, and no other worker is
+/// woken to steal work that the receive loop would finish anyway: under load this costs less
+/// CPU per authentication than the multi-threaded runtime (docs/perf-radius-notes.md). The
+/// store's writer thread and the rest of the process (gateway link, hlr_auc_gw, housekeeping)
+/// are unchanged.
+fn spawn_radius_thread(
+    rt: tokio::runtime::Runtime,
+    core: Arc<Core>,
+) -> Result<
+    (
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ),
+    NetworkError,
+> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("radius".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    () = receive_loop(core) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops the requests still waiting on the store: their
+            // replies are not sent, as when the process stops.
+        })
+        .map_err(io("starting the RADIUS thread"))?;
+    Ok((stop, thread))
 }
 
 async fn housekeeping(core: Arc<Core>) {
@@ -447,9 +500,9 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
         }
         None => {
             let mut state = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut state);
+            rand::thread_rng().fill_bytes(&mut state);
             let mut seed = [0u8; 1];
-            rand::rngs::OsRng.fill_bytes(&mut seed);
+            rand::thread_rng().fill_bytes(&mut seed);
             let session = Arc::new(tokio::sync::Mutex::new(Session {
                 eap: EapAkaServer::new(core.eap.clone(), seed[0]),
                 client: req.client.clone(),
@@ -484,7 +537,7 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
             return;
         }
         s.eap
-            .handle_response(&req.eap_message, &mut rand::rngs::OsRng);
+            .handle_response(&req.eap_message, &mut rand::thread_rng());
         drive(&core, &mut s).await
     };
     match outcome {
@@ -527,7 +580,7 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
 
 async fn respond(core: &Core, from: SocketAddr, req: &AccessRequest, reply: Reply<'_>) {
     let mut salt = [0u8; 2];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::thread_rng().fill_bytes(&mut salt);
     let bytes = lock(&core.radius).respond(Instant::now(), &req.key, reply, salt);
     match bytes {
         Ok(bytes) => {
@@ -622,7 +675,6 @@ fn check_flushed(p: &Result<(), StoreError>, r: &Result<(), StoreError>) -> bool
 /// them leaves (never after).
 async fn drive(core: &Core, s: &mut Session) -> Outcome {
     let store: &dyn SubscriberStore = core.auc.store().as_ref();
-    let mut rng = rand::rngs::OsRng;
     let mut pending = Pending::default();
     while let Some(event) = s.eap.poll_event() {
         match event {
@@ -641,7 +693,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                         ck: v.ck,
                         ik: v.ik,
                     },
-                    &mut rng,
+                    &mut rand::thread_rng(),
                 ),
                 Err(e) => reject_subscriber(s, &imsi, e),
             },
@@ -658,7 +710,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                                     ck: v.ck,
                                     ik: v.ik,
                                 },
-                                &mut rng,
+                                &mut rand::thread_rng(),
                             ),
                             Err(e) => reject_subscriber(s, &imsi, e),
                         }
@@ -672,10 +724,10 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                     None => store.resolve_pseudonym(&pseudonym, unix_now()).await,
                 };
                 match found {
-                    Ok(imsi) => s.eap.provide_pseudonym(imsi, &mut rng),
+                    Ok(imsi) => s.eap.provide_pseudonym(imsi, &mut rand::thread_rng()),
                     Err(e) => {
                         warn!(error = %e, "pseudonym lookup failed");
-                        s.eap.provide_pseudonym(None, &mut rng)
+                        s.eap.provide_pseudonym(None, &mut rand::thread_rng())
                     }
                 }
             }
@@ -693,11 +745,11 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                             k_re: r.k_re,
                             counter: r.counter,
                         }),
-                        &mut rng,
+                        &mut rand::thread_rng(),
                     ),
                     Err(e) => {
                         warn!(error = %e, "re-authentication identity lookup failed");
-                        s.eap.provide_reauth(None, &mut rng)
+                        s.eap.provide_reauth(None, &mut rand::thread_rng())
                     }
                 }
             }
