@@ -616,10 +616,9 @@ struct Pending {
 }
 
 impl Pending {
-    /// Stores everything pending, concurrently (both writes usually share one group commit),
-    /// and returns only once it is durable. False if any write failed: the message that names
-    /// the identities must then not be sent. With in-memory identities, records them in the
-    /// process (no store access).
+    /// Stores everything pending in one store call and returns only once it is durable. False
+    /// if it failed: the message that names the identities must then not be sent. With
+    /// in-memory identities, records them in the process (no store access).
     async fn flush(&mut self, core: &Core) -> bool {
         let pseudonym = self.pseudonym.take();
         let reauth = self.reauth.take();
@@ -635,24 +634,27 @@ impl Pending {
             return check_flushed(&p, &r);
         }
         let store: &dyn SubscriberStore = core.auc.store().as_ref();
-        let (p, r) = tokio::join!(
-            async {
-                match &pseudonym {
-                    Some((p, imsi)) => {
-                        let expires = unix_now() + PSEUDONYM_LIFETIME_SECS;
-                        store.put_pseudonym(p, imsi, expires).await
-                    }
-                    None => Ok(()),
-                }
-            },
-            async {
-                match &reauth {
-                    Some(r) => store.put_reauth(r).await,
-                    None => Ok(()),
-                }
+        let imsi = match (&pseudonym, &reauth) {
+            (Some((_, imsi)), _) => imsi,
+            (None, Some(r)) => &r.imsi,
+            (None, None) => return true,
+        };
+        let expires = unix_now() + PSEUDONYM_LIFETIME_SECS;
+        // One store job: both rows, and the subscriber's superseded identities dropped.
+        match store
+            .put_issued(
+                imsi,
+                pseudonym.as_ref().map(|(p, _)| (p.as_str(), expires)),
+                reauth.as_ref(),
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "storing issued identities failed");
+                false
             }
-        );
-        check_flushed(&p, &r)
+        }
     }
 }
 

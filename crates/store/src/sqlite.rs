@@ -671,6 +671,54 @@ fn owner_of(
     }
 }
 
+fn put_pseudonym_in(
+    tx: &Connection,
+    pseudonym: &str,
+    imsi: &Imsi,
+    expires_unix: u64,
+) -> Result<(), StoreError> {
+    if !subscriber_exists(tx, imsi)? {
+        return Err(StoreError::UnknownSubscriber);
+    }
+    match owner_of(tx, "pseudonym", "pseudonym", pseudonym)? {
+        Some(owner) if &owner != imsi => return Err(StoreError::Exists),
+        _ => {}
+    }
+    tx.prepare_cached(
+        "INSERT INTO pseudonym (pseudonym, imsi, expires) VALUES (?1, ?2, ?3)
+         ON CONFLICT (pseudonym) DO UPDATE SET expires = excluded.expires",
+    )?
+    .execute(params![pseudonym, imsi.as_str(), unix_to_sql(expires_unix)])?;
+    Ok(())
+}
+
+fn put_reauth_in(tx: &Connection, rec: &ReauthRecord) -> Result<(), StoreError> {
+    if !subscriber_exists(tx, &rec.imsi)? {
+        return Err(StoreError::UnknownSubscriber);
+    }
+    match owner_of(tx, "reauth", "reauth_id", &rec.reauth_id)? {
+        Some(owner) if owner != rec.imsi => return Err(StoreError::Exists),
+        _ => {}
+    }
+    tx.prepare_cached(
+        "INSERT INTO reauth (reauth_id, imsi, k_encr, k_aut, k_re, counter, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (reauth_id) DO UPDATE SET k_encr = excluded.k_encr,
+           k_aut = excluded.k_aut, k_re = excluded.k_re,
+           counter = excluded.counter, expires = excluded.expires",
+    )?
+    .execute(params![
+        rec.reauth_id,
+        rec.imsi.as_str(),
+        rec.k_encr.expose(),
+        rec.k_aut.expose(),
+        rec.k_re.expose(),
+        rec.counter,
+        unix_to_sql(rec.expires_unix),
+    ])?;
+    Ok(())
+}
+
 fn subscriber_exists(tx: &Connection, imsi: &Imsi) -> Result<bool, StoreError> {
     Ok(tx
         .prepare_cached("SELECT 1 FROM subscriber WHERE imsi = ?1")?
@@ -929,22 +977,8 @@ impl SubscriberStore for SqliteStore {
         expires_unix: u64,
     ) -> Result<(), StoreError> {
         let (pseudonym, imsi) = (pseudonym.to_owned(), imsi.clone());
-        self.write(move |tx| {
-            if !subscriber_exists(tx, &imsi)? {
-                return Err(StoreError::UnknownSubscriber);
-            }
-            match owner_of(tx, "pseudonym", "pseudonym", &pseudonym)? {
-                Some(owner) if owner != imsi => return Err(StoreError::Exists),
-                _ => {}
-            }
-            tx.prepare_cached(
-                "INSERT INTO pseudonym (pseudonym, imsi, expires) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (pseudonym) DO UPDATE SET expires = excluded.expires",
-            )?
-            .execute(params![pseudonym, imsi.as_str(), unix_to_sql(expires_unix)])?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| put_pseudonym_in(tx, &pseudonym, &imsi, expires_unix))
+            .await
     }
 
     async fn resolve_pseudonym(
@@ -965,30 +999,40 @@ impl SubscriberStore for SqliteStore {
 
     async fn put_reauth(&self, rec: &ReauthRecord) -> Result<(), StoreError> {
         let rec = rec.clone();
+        self.write(move |tx| put_reauth_in(tx, &rec)).await
+    }
+
+    async fn put_issued(
+        &self,
+        imsi: &Imsi,
+        pseudonym: Option<(&str, u64)>,
+        reauth: Option<&ReauthRecord>,
+    ) -> Result<(), StoreError> {
+        let imsi = imsi.clone();
+        let pseudonym = pseudonym.map(|(p, e)| (p.to_owned(), e));
+        let reauth = reauth.cloned();
+        if reauth.as_ref().is_some_and(|r| r.imsi != imsi) {
+            return Err(StoreError::Internal(
+                "re-authentication record of another subscriber".into(),
+            ));
+        }
         self.write(move |tx| {
-            if !subscriber_exists(tx, &rec.imsi)? {
-                return Err(StoreError::UnknownSubscriber);
+            if let Some((p, expires)) = &pseudonym {
+                // Keep the subscriber's newest pseudonym besides the new one (a peer that
+                // missed the message naming the new one still has it), drop the older ones.
+                tx.prepare_cached(
+                    "DELETE FROM pseudonym WHERE imsi = ?1 AND pseudonym <> ?2 AND pseudonym NOT IN
+                     (SELECT pseudonym FROM pseudonym WHERE imsi = ?1 AND pseudonym <> ?2
+                      ORDER BY expires DESC LIMIT 1)",
+                )?
+                .execute(params![imsi.as_str(), p])?;
+                put_pseudonym_in(tx, p, &imsi, *expires)?;
             }
-            match owner_of(tx, "reauth", "reauth_id", &rec.reauth_id)? {
-                Some(owner) if owner != rec.imsi => return Err(StoreError::Exists),
-                _ => {}
+            if let Some(r) = &reauth {
+                tx.prepare_cached("DELETE FROM reauth WHERE imsi = ?1 AND reauth_id <> ?2")?
+                    .execute(params![imsi.as_str(), r.reauth_id])?;
+                put_reauth_in(tx, r)?;
             }
-            tx.prepare_cached(
-                "INSERT INTO reauth (reauth_id, imsi, k_encr, k_aut, k_re, counter, expires)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (reauth_id) DO UPDATE SET k_encr = excluded.k_encr,
-                   k_aut = excluded.k_aut, k_re = excluded.k_re,
-                   counter = excluded.counter, expires = excluded.expires",
-            )?
-            .execute(params![
-                rec.reauth_id,
-                rec.imsi.as_str(),
-                rec.k_encr.expose(),
-                rec.k_aut.expose(),
-                rec.k_re.expose(),
-                rec.counter,
-                unix_to_sql(rec.expires_unix),
-            ])?;
             Ok(())
         })
         .await
@@ -1290,5 +1334,83 @@ mod tests {
             migrate_to(&mut conn, MIGRATIONS.len()),
             Err(StoreError::Corrupt(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod put_issued_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use capillary_secrets::{KAut, KEncr, KRe};
+
+    fn imsi(n: u64) -> Imsi {
+        Imsi::new(&format!("00101{n:010}")).unwrap()
+    }
+
+    fn rec(id: &str, n: u64) -> ReauthRecord {
+        ReauthRecord {
+            reauth_id: id.into(),
+            imsi: imsi(n),
+            k_encr: KEncr::from_bytes([1; 16]),
+            k_aut: KAut::from_bytes([2; 32]),
+            k_re: KRe::from_bytes([3; 32]),
+            counter: 0,
+            expires_unix: 1_000,
+        }
+    }
+
+    /// `put_issued` keeps a subscriber's newest pseudonym besides the new one and only its new
+    /// re-authentication record; other subscribers' rows are untouched; a failing call (an
+    /// identity held by another subscriber) leaves nothing of itself.
+    #[tokio::test]
+    async fn put_issued_keeps_the_newest_identities_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("hss.db")).unwrap();
+        for n in [1, 2] {
+            s.add(NewSubscriber::new(
+                imsi(n),
+                K::from_slice(&[n as u8; 16]).unwrap(),
+                OpKind::Opc(Opc::from_slice(&[0xa5; 16]).unwrap()),
+                Amf([0x80, 0]),
+            ))
+            .await
+            .unwrap();
+        }
+        s.put_issued(&imsi(2), Some(("7other", 100)), Some(&rec("8other", 2)))
+            .await
+            .unwrap();
+        for (i, p) in ["7a", "7b", "7c"].iter().enumerate() {
+            let r = rec(&format!("8{p}"), 1);
+            s.put_issued(&imsi(1), Some((p, 100 + i as u64)), Some(&r))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.resolve_pseudonym("7a", 0).await.unwrap(), None);
+        assert_eq!(s.resolve_pseudonym("7b", 0).await.unwrap(), Some(imsi(1)));
+        assert_eq!(s.resolve_pseudonym("7c", 0).await.unwrap(), Some(imsi(1)));
+        assert!(s.get_reauth("87a", 0).await.unwrap().is_none());
+        assert!(s.get_reauth("87b", 0).await.unwrap().is_none());
+        assert!(s.get_reauth("87c", 0).await.unwrap().is_some());
+        assert_eq!(
+            s.resolve_pseudonym("7other", 0).await.unwrap(),
+            Some(imsi(2))
+        );
+        assert!(s.get_reauth("8other", 0).await.unwrap().is_some());
+        // Pseudonym of subscriber 2: refused, and subscriber 1's rows are as they were.
+        assert!(matches!(
+            s.put_issued(&imsi(1), Some(("7other", 200)), Some(&rec("8d", 1)))
+                .await,
+            Err(StoreError::Exists)
+        ));
+        assert_eq!(s.resolve_pseudonym("7b", 0).await.unwrap(), Some(imsi(1)));
+        assert!(s.get_reauth("87c", 0).await.unwrap().is_some());
+        assert!(s.get_reauth("8d", 0).await.unwrap().is_none());
+        // Reauth-only (a fast re-authentication issues no pseudonym).
+        s.put_issued(&imsi(1), None, Some(&rec("8e", 1)))
+            .await
+            .unwrap();
+        assert!(s.get_reauth("87c", 0).await.unwrap().is_none());
+        assert!(s.get_reauth("8e", 0).await.unwrap().is_some());
+        assert_eq!(s.resolve_pseudonym("7c", 0).await.unwrap(), Some(imsi(1)));
     }
 }
