@@ -13,7 +13,9 @@
 //! rolls back to its savepoint only and gets its own error), `COMMIT`s once — one fsync for the
 //! whole group — and only then answers every job. A caller therefore never sees a result whose
 //! effect is not on disk, exactly as with one transaction per call; while one group is being
-//! fsync'd the next one queues up, so under load the fsync cost is shared by many calls.
+//! fsync'd the next one queues up, so under load the fsync cost is shared by many calls. A busy
+//! writer (its previous group committed less than 2 ms ago) also waits
+//! [`SqliteStore::GROUP_LINGER`] once before committing, so that more calls share the group.
 //! If the group cannot commit, every job of it gets an error and nothing of it is kept.
 //!
 //! Reads of a file database use a second connection (WAL readers never block the writer); an
@@ -26,7 +28,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use capillary_secrets::{Amf, Imsi, KAut, KEncr, KRe, Op, Opc, Secret, Sqn, K};
@@ -123,6 +125,8 @@ struct Inner {
     read: Option<Mutex<Connection>>,
     /// Transactions committed by the writer thread.
     commits: Arc<AtomicU64>,
+    /// Group-commit delay of a busy writer, microseconds (see [`SqliteStore::set_group_linger`]).
+    linger_us: Arc<AtomicU64>,
     path: Option<PathBuf>,
 }
 
@@ -166,11 +170,28 @@ impl SqliteStore {
     /// The schema version this build writes (`PRAGMA user_version`).
     pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+    /// Default group-commit delay of a busy writer on a file database
+    /// ([`SqliteStore::set_group_linger`]). Measured under the RADIUS load of
+    /// `bench/core-cpu.sh` (docs/perf-radius-notes.md): 500 µs cut the writer's CPU per
+    /// authentication by about a quarter; 1 ms gained nothing more.
+    pub const GROUP_LINGER: Duration = Duration::from_micros(500);
+
     /// Write transactions committed so far by this handle's writer thread (shared by its
     /// clones). Several write calls committed as one group count once, so under concurrency this
     /// grows far slower than the number of calls. For tests and benchmarks.
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// How long a busy writer waits for more jobs before it commits a group (default
+    /// [`Self::GROUP_LINGER`] for a file, zero in memory; at most 10 ms). The writer waits only when
+    /// its previous group committed less than 2 ms earlier, i.e. under sustained load, and
+    /// then once per group: the group's WAL frames and fsync are shared by more calls, at the
+    /// price of up to `linger` more latency per write (PostgreSQL's `commit_delay`). A result
+    /// is still answered only after the commit that makes it durable. Zero turns it off.
+    pub fn set_group_linger(&self, linger: Duration) {
+        let us = u64::try_from(linger.min(Duration::from_millis(10)).as_micros()).unwrap_or(0);
+        self.inner.linger_us.store(us, Ordering::Relaxed);
     }
 
     fn setup(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
@@ -204,15 +225,25 @@ impl SqliteStore {
         let commits = Arc::new(AtomicU64::new(0));
         let (jobs, rx) = mpsc::channel();
         let counter = Arc::clone(&commits);
+        let default_linger = if path.is_some() {
+            Self::GROUP_LINGER
+        } else {
+            Duration::ZERO
+        };
+        let linger_us = Arc::new(AtomicU64::new(
+            u64::try_from(default_linger.as_micros()).unwrap_or(0),
+        ));
+        let linger = Arc::clone(&linger_us);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &counter))
+            .spawn(move || writer_loop(conn, rx, &counter, &linger))
             .map_err(StoreError::Io)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs,
                 read,
                 commits,
+                linger_us,
                 path,
             }),
         })
@@ -335,27 +366,64 @@ fn clone_error(e: &rusqlite::Error) -> StoreError {
 
 /// The writer thread: takes every queued job, runs the writes as one group transaction.
 /// Ends when the last [`SqliteStore`] clone is dropped (after answering what was queued).
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    commits: &AtomicU64,
+    linger_us: &AtomicU64,
+) {
     let mut writes: Vec<Box<dyn Job>> = Vec::new();
+    let mut last_commit: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(mut job) = next.take() {
-            if job.is_write() {
-                writes.push(job);
-            } else {
-                // Reads run outside the group transaction and are answered at once.
-                job.run(&mut conn);
-                job.finish(None);
-            }
-            if writes.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
+        drain(&mut conn, &rx, Some(first), &mut writes);
+        let linger = Duration::from_micros(linger_us.load(Ordering::Relaxed));
+        // Under sustained load (the previous group committed moments ago), wait a little for
+        // more jobs before committing: the group's WAL frames and its fsync are then shared by
+        // more calls (PostgreSQL's commit_delay). One timed sleep per group; a caller's result
+        // still comes only after the commit that makes it durable.
+        if !linger.is_zero()
+            && !writes.is_empty()
+            && writes.len() < MAX_GROUP
+            && last_commit.is_some_and(|t| t.elapsed() < LINGER_BUSY)
+        {
+            std::thread::sleep(linger);
+            drain(&mut conn, &rx, None, &mut writes);
         }
         if !writes.is_empty() {
             run_group(&mut conn, &mut writes, commits);
+            last_commit = Some(Instant::now());
         }
     }
 }
+
+/// Moves `first` and every job queued now into `writes` (up to [`MAX_GROUP`]); reads are run
+/// and answered at once, outside the group transaction.
+fn drain(
+    conn: &mut Connection,
+    rx: &mpsc::Receiver<Box<dyn Job>>,
+    first: Option<Box<dyn Job>>,
+    writes: &mut Vec<Box<dyn Job>>,
+) {
+    let mut next = match first {
+        Some(j) => Some(j),
+        None if writes.len() < MAX_GROUP => rx.try_recv().ok(),
+        None => None,
+    };
+    while let Some(mut job) = next.take() {
+        if job.is_write() {
+            writes.push(job);
+        } else {
+            job.run(conn);
+            job.finish(None);
+        }
+        if writes.len() < MAX_GROUP {
+            next = rx.try_recv().ok();
+        }
+    }
+}
+
+/// The writer lingers only if its previous group committed less than this long ago.
+const LINGER_BUSY: Duration = Duration::from_millis(2);
 
 /// One group: `BEGIN IMMEDIATE`, each job in its own savepoint, one `COMMIT`, then the answers.
 fn run_group(conn: &mut Connection, jobs: &mut Vec<Box<dyn Job>>, commits: &AtomicU64) {
