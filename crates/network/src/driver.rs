@@ -71,6 +71,7 @@ pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
     )))?;
     let db = data_dir.join("subscribers.db");
     let store = SqliteStore::open(&db)?;
+    store.set_group_linger(Duration::from_micros(cfg.store.group_linger_us));
     info!(store = %db.display(), "subscriber store opened");
     let handle = run_with_store(cfg, Arc::new(store)).await?;
     {

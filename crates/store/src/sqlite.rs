@@ -172,8 +172,9 @@ impl SqliteStore {
 
     /// Default group-commit delay of a busy writer on a file database
     /// ([`SqliteStore::set_group_linger`]). Measured under the RADIUS load of
-    /// `bench/core-cpu.sh` (docs/perf-radius-notes.md): 500 µs cut the writer's CPU per
-    /// authentication by about a quarter; 1 ms gained nothing more.
+    /// `bench/core-cpu.sh` (docs/perf-radius-notes.md): 500 µs cut the CPU per full
+    /// authentication by 10-25 %; 1 ms gained nothing more. Under a closed-loop load with few
+    /// clients it lowers throughput, as every store write may wait up to this long.
     pub const GROUP_LINGER: Duration = Duration::from_micros(500);
 
     /// Write transactions committed so far by this handle's writer thread (shared by its
@@ -184,7 +185,8 @@ impl SqliteStore {
     }
 
     /// How long a busy writer waits for more jobs before it commits a group (default
-    /// [`Self::GROUP_LINGER`] for a file, zero in memory; at most 10 ms). The writer waits only when
+    /// [`Self::GROUP_LINGER`] for a file, zero in memory; at most 10 ms; `capillary core`:
+    /// `[store] group_linger_us`). The writer waits only when
     /// its previous group committed less than 2 ms earlier, i.e. under sustained load, and
     /// then once per group: the group's WAL frames and fsync are shared by more calls, at the
     /// price of up to `linger` more latency per write (PostgreSQL's `commit_delay`). A result
