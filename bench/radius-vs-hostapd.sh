@@ -85,7 +85,7 @@ CAPILLARY_LOG=error "$BIN" subscriber import "$W/population.csv" --data-dir "$W/
 CAPILLARY_LOG=warn "$BIN" core --config "$W/core.toml" > "$W/core.out" 2> "$W/core.log" &
 CORE_PID=$!
 PIDS+=("$CORE_PID")
-for _ in $(seq 100); do grep -q '^radius-listen=' "$W/core.out" && break; sleep 0.05; done
+for _ in $(seq 100); do grep -qs '^radius-listen=' "$W/core.out" && break; sleep 0.05; done
 grep -q '^radius-listen=' "$W/core.out" || { echo "core did not start:"; cat "$W/core.log"; exit 1; } >&2
 for _ in $(seq 100); do [ -S "$W/hlr.sock" ] && break; sleep 0.05; done
 
@@ -108,7 +108,7 @@ EOF
     CAPILLARY_LOG=warn "$BASELINE_BIN" core --config "$W/base.toml" > "$W/base.out" 2> "$W/base.log" &
     BASE_PID=$!
     PIDS+=("$BASE_PID")
-    for _ in $(seq 100); do grep -q '^radius-listen=' "$W/base.out" && break; sleep 0.05; done
+    for _ in $(seq 100); do grep -qs '^radius-listen=' "$W/base.out" && break; sleep 0.05; done
     grep -q '^radius-listen=' "$W/base.out" || { echo "baseline core did not start:"; cat "$W/base.log"; exit 1; } >&2
 fi
 
@@ -132,7 +132,7 @@ EOF
     CAPILLARY_LOG=warn "$BIN" core --config "$W/mem.toml" > "$W/mem.out" 2> "$W/mem.log" &
     MEM_PID=$!
     PIDS+=("$MEM_PID")
-    for _ in $(seq 100); do grep -q '^radius-listen=' "$W/mem.out" && break; sleep 0.05; done
+    for _ in $(seq 100); do grep -qs '^radius-listen=' "$W/mem.out" && break; sleep 0.05; done
     grep -q '^radius-listen=' "$W/mem.out" || { echo "memory-identity core did not start:"; cat "$W/mem.log"; exit 1; } >&2
 fi
 
