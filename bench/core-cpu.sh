@@ -6,7 +6,9 @@
 # Usage: bench/core-cpu.sh [BIN...]       (default: $CARGO_TARGET_DIR or target, release/capillary)
 # Several binaries are measured one after the other, REPEAT times, interleaved.
 # Environment: SUBSCRIBERS (200), CONCURRENCY (32), COUNT (20000), REPEAT (1), PERF=1 records
-#   `perf record -g` of the server into the work directory (kept, path printed).
+#   `perf record -g` of the server into the work directory (kept, path printed),
+#   CORE_TOML (extra TOML appended to the server's configuration, e.g.
+#   $'[eap]\nidentity_store = "memory"').
 set -euo pipefail
 if [ -z "${BENCH_IN_NETNS:-}" ]; then
     exec unshare -n env BENCH_IN_NETNS=1 "$0" "$@"
@@ -36,6 +38,7 @@ name = "bench"
 address = "127.0.0.1"
 secret = "bench-core-secret"
 trusted = true
+${CORE_TOML:-}
 EOF
     "$bin" bench radius --imsi-start "$IMSI_START" --subscribers "$SUBSCRIBERS" \
         --emit-csv "$W/population.csv" 2>/dev/null

@@ -77,8 +77,18 @@ fn resynchronisation_when_usim_is_ahead() {
 
 #[test]
 fn fast_reauthentication_rounds() {
+    fast_reauthentication_rounds_with("");
+}
+
+/// The same with pseudonyms and re-authentication contexts in the core's memory only.
+#[test]
+fn fast_reauthentication_rounds_with_memory_identities() {
+    fast_reauthentication_rounds_with("[eap]\nidentity_store = \"memory\"\n");
+}
+
+fn fast_reauthentication_rounds_with(config: &str) {
     require("eapol_test", "eapoltest");
-    let core = Core::start("");
+    let core = Core::start(config);
     add(&core, "001010000000003", K1, OPC1, &[]);
     let state = core.dir.path().join("usim3");
     let run = eapol_test(

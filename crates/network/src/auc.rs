@@ -142,7 +142,7 @@ fn aka_prime_vector(mat: &AuthMaterial, sqn: &capillary_secrets::Sqn) -> AuthVec
     let mut amf = mat.amf;
     amf.0[0] |= 0x80;
     let mut rand = Rand([0; 16]);
-    rand::rngs::OsRng.fill_bytes(&mut rand.0);
+    rand::thread_rng().fill_bytes(&mut rand.0);
     generate_vector(&milenage(mat), &rand, sqn, &amf)
 }
 
@@ -266,7 +266,7 @@ impl Auc {
                 let mut amf = mat.amf;
                 amf.0[0] |= 0x80;
                 let mut rand = Rand([0; 16]);
-                rand::rngs::OsRng.fill_bytes(&mut rand.0);
+                rand::thread_rng().fill_bytes(&mut rand.0);
                 Ok(generate_vector(&milenage(&mat), &rand, &sqn, &amf))
             })
             .collect())

@@ -45,6 +45,8 @@ pub struct CoreConfig {
     pub eap: EapConfig,
     /// Authentication centre.
     pub auc: AucConfig,
+    /// The embedded SQLite store.
+    pub store: StoreConfig,
     /// hostapd's hlr_auc_gw vector interface (off unless a socket is given).
     pub hlr_auc_gw: HlrAucGwConfig,
     /// The gateway link (docs/PROTOCOL.md): CoAP-EAP and relayed devices from MTC gateways.
@@ -184,6 +186,32 @@ pub struct EapConfig {
     pub max_reauth: u16,
     /// Use protected result indications (AT_RESULT_IND, RFC 4187 §6.2).
     pub result_indication: bool,
+    /// Where the pseudonyms and fast re-authentication contexts issued on the RADIUS path
+    /// live: `"store"` (default) or `"memory"`.
+    pub identity_store: IdentityStore,
+}
+
+/// `[eap] identity_store`: where issued pseudonyms and fast re-authentication contexts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IdentityStore {
+    /// Rows in the subscriber store, committed before the challenge or success that names them
+    /// leaves the process. They survive a restart and are shared by every instance using the
+    /// same store. Costs a store write (WAL pages under random keys) per full authentication.
+    /// Required when several instances serve the same subscribers (a peer may come back to
+    /// another instance).
+    #[default]
+    Store,
+    /// Tables in this process only, as hostapd keeps them: one re-authentication context and
+    /// at most two pseudonyms per subscriber, no store write besides the SQN. A restart (or
+    /// another instance) loses them, which the protocol absorbs: an unknown pseudonym or
+    /// re-authentication identity makes the server ask for the permanent identity (RFC 4187
+    /// §4.1.4, RFC 9048 §3), then a full authentication follows. Counters die with their
+    /// context, so none can be reused. Costs privacy (one more permanent identity in clear
+    /// after each restart) and one more round trip and SQN for peers that come back after it.
+    /// Single-instance deployments only.
+    Memory,
 }
 
 impl Default for EapConfig {
@@ -194,6 +222,26 @@ impl Default for EapConfig {
             fast_reauth: true,
             max_reauth: 16,
             result_indication: false,
+            identity_store: IdentityStore::Store,
+        }
+    }
+}
+
+/// `[store]`: the embedded SQLite store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Group-commit delay, microseconds: under sustained load the store's writer waits this
+    /// long once before committing a group, so that more writes share its WAL pages and fsync
+    /// (less CPU per authentication, up to this much more latency per store write; results
+    /// are still answered only after the commit). 0 turns it off. Default 500, at most 10,000.
+    pub group_linger_us: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            group_linger_us: 500,
         }
     }
 }
@@ -233,6 +281,12 @@ impl CoreConfig {
             return Err(ConfigError::Invalid {
                 field: "auc.prefetch",
                 problem: "must be at most 1024".into(),
+            });
+        }
+        if self.store.group_linger_us > 10_000 {
+            return Err(ConfigError::Invalid {
+                field: "store.group_linger_us",
+                problem: "must be at most 10000 (10 ms)".into(),
             });
         }
         if self.auc.ind >= 32 {
@@ -304,6 +358,33 @@ mod tests {
         let cfg = CoreConfig::from_toml(text).unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2"));
         assert_eq!(cfg.radius.client[0].prefix().unwrap().1, 128);
+    }
+
+    #[test]
+    fn identity_store_is_store_unless_memory_is_asked() {
+        assert_eq!(
+            CoreConfig::from_toml("").unwrap().eap.identity_store,
+            IdentityStore::Store
+        );
+        let cfg = CoreConfig::from_toml("[eap]\nidentity_store = \"memory\"\n").unwrap();
+        assert_eq!(cfg.eap.identity_store, IdentityStore::Memory);
+        assert!(CoreConfig::from_toml("[eap]\nidentity_store = \"disk\"\n").is_err());
+    }
+
+    #[test]
+    fn group_linger_defaults_to_500_us_and_is_bounded() {
+        assert_eq!(
+            CoreConfig::from_toml("").unwrap().store.group_linger_us,
+            500
+        );
+        assert_eq!(
+            CoreConfig::from_toml("[store]\ngroup_linger_us = 0\n")
+                .unwrap()
+                .store
+                .group_linger_us,
+            0
+        );
+        assert!(CoreConfig::from_toml("[store]\ngroup_linger_us = 10001\n").is_err());
     }
 
     #[test]

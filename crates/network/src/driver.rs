@@ -19,7 +19,8 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::auc::{Auc, AucError, Prefetch};
-use crate::config::CoreConfig;
+use crate::config::{CoreConfig, IdentityStore};
+use crate::identities::MemoryIdentities;
 use crate::{lock, unix_now};
 
 /// Why the network side could not start or stopped.
@@ -70,6 +71,7 @@ pub async fn run(cfg: CoreConfig) -> Result<(), NetworkError> {
     )))?;
     let db = data_dir.join("subscribers.db");
     let store = SqliteStore::open(&db)?;
+    store.set_group_linger(Duration::from_micros(cfg.store.group_linger_us));
     info!(store = %db.display(), "subscriber store opened");
     let handle = run_with_store(cfg, Arc::new(store)).await?;
     {
@@ -130,6 +132,11 @@ pub struct CoreHandle {
     /// The bound RADIUS address.
     pub local_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The RADIUS thread (see [`spawn_radius_thread`]): dropping the sender stops it.
+    radius: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
     core: Arc<Core>,
     /// The gateway link, when `[link] listen` is set.
     pub link: Option<crate::link_driver::LinkHandle>,
@@ -153,6 +160,10 @@ impl CoreHandle {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some((stop, thread)) = self.radius.take() {
+            let _ = stop.send(());
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         info!(stats = ?lock(&self.core.radius).stats(), "RADIUS counters");
         if let Some(link) = &self.link {
@@ -179,6 +190,9 @@ struct Core {
     /// The same AuC with an SQN stock, for the RADIUS conversations (see [`crate::auc::Prefetch`]).
     vectors: Auc,
     eap: ServerConfig,
+    /// Pseudonyms and re-authentication contexts in this process (`identity_store = "memory"`);
+    /// `None`: in the store.
+    identities: Option<MemoryIdentities>,
     socket: UdpSocket,
     session_timeout: Duration,
 }
@@ -240,9 +254,20 @@ pub async fn run_with_store(
 ) -> Result<CoreHandle, NetworkError> {
     cfg.check()?;
     let clients = radius_clients(&cfg)?;
-    let socket = UdpSocket::bind(cfg.radius.listen)
-        .await
+    // The RADIUS path runs on its own single-threaded runtime (see `spawn_radius_thread`); its
+    // socket must be registered with that runtime's reactor.
+    let radius_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the RADIUS runtime"))?;
+    let socket = std::net::UdpSocket::bind(cfg.radius.listen)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
         .map_err(io(format!("binding RADIUS socket {}", cfg.radius.listen)))?;
+    let socket = {
+        let _guard = radius_rt.enter();
+        UdpSocket::from_std(socket)
+            .map_err(io(format!("binding RADIUS socket {}", cfg.radius.listen)))?
+    };
     let local_addr = socket
         .local_addr()
         .map_err(io("reading the bound address"))?;
@@ -273,14 +298,16 @@ pub async fn run_with_store(
         },
         auc: Auc::new(store, cfg.auc.ind),
         eap,
+        identities: match cfg.eap.identity_store {
+            IdentityStore::Memory => Some(MemoryIdentities::default()),
+            _ => None,
+        },
         socket,
         session_timeout: Duration::from_secs(cfg.radius.session_timeout_secs),
     });
     info!(%local_addr, network_name = %cfg.eap.network_name, ind = cfg.auc.ind, "RADIUS server listening");
-    let mut tasks = vec![
-        tokio::spawn(receive_loop(core.clone())),
-        tokio::spawn(housekeeping(core.clone())),
-    ];
+    let radius = spawn_radius_thread(radius_rt, core.clone())?;
+    let mut tasks = vec![tokio::spawn(housekeeping(core.clone()))];
     if let Some(path) = &cfg.hlr_auc_gw.socket {
         let task = crate::hlr_auc_gw::serve(path.clone(), core.auc.clone())
             .await
@@ -312,10 +339,45 @@ pub async fn run_with_store(
     Ok(CoreHandle {
         local_addr,
         tasks,
+        radius: Some(radius),
         core,
         link,
         northbound,
     })
+}
+
+/// Runs the RADIUS receive loop, and the requests that wait on the store, on `rt` (a
+/// single-threaded runtime) in a thread of its own, as hostapd runs its event loop. A datagram
+/// is then received, handled and answered without crossing threads, and no other worker is
+/// woken to steal work that the receive loop would finish anyway: under load this costs less
+/// CPU per authentication than the multi-threaded runtime (docs/perf-radius-notes.md). The
+/// store's writer thread and the rest of the process (gateway link, hlr_auc_gw, housekeeping)
+/// are unchanged.
+fn spawn_radius_thread(
+    rt: tokio::runtime::Runtime,
+    core: Arc<Core>,
+) -> Result<
+    (
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ),
+    NetworkError,
+> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("radius".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    () = receive_loop(core) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops the requests still waiting on the store: their
+            // replies are not sent, as when the process stops.
+        })
+        .map_err(io("starting the RADIUS thread"))?;
+    Ok((stop, thread))
 }
 
 async fn housekeeping(core: Arc<Core>) {
@@ -326,6 +388,12 @@ async fn housekeeping(core: Arc<Core>) {
         if last_purge.elapsed() >= Duration::from_secs(60) {
             last_purge = Instant::now();
             // Pseudonyms and re-authentication records the peer never used expire here.
+            if let Some(ids) = &core.identities {
+                let purged = ids.purge_expired(unix_now());
+                if purged > 0 {
+                    debug!(purged, "expired in-memory identities purged");
+                }
+            }
             match core.auc.store().purge_expired(unix_now()).await {
                 Ok(0) => {}
                 Ok(purged) => debug!(
@@ -433,9 +501,9 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
         }
         None => {
             let mut state = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut state);
+            rand::thread_rng().fill_bytes(&mut state);
             let mut seed = [0u8; 1];
-            rand::rngs::OsRng.fill_bytes(&mut seed);
+            rand::thread_rng().fill_bytes(&mut seed);
             let session = Arc::new(tokio::sync::Mutex::new(Session {
                 eap: EapAkaServer::new(core.eap.clone(), seed[0]),
                 client: req.client.clone(),
@@ -470,7 +538,7 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
             return;
         }
         s.eap
-            .handle_response(&req.eap_message, &mut rand::rngs::OsRng);
+            .handle_response(&req.eap_message, &mut rand::thread_rng());
         drive(&core, &mut s).await
     };
     match outcome {
@@ -513,7 +581,7 @@ async fn handle_request(core: Arc<Core>, from: SocketAddr, req: AccessRequest) {
 
 async fn respond(core: &Core, from: SocketAddr, req: &AccessRequest, reply: Reply<'_>) {
     let mut salt = [0u8; 2];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::thread_rng().fill_bytes(&mut salt);
     let bytes = lock(&core.radius).respond(Instant::now(), &req.key, reply, salt);
     match bytes {
         Ok(bytes) => {
@@ -549,37 +617,60 @@ struct Pending {
 }
 
 impl Pending {
-    /// Stores everything pending, concurrently (both writes usually share one group commit),
-    /// and returns only once it is durable. False if any write failed: the message that names
-    /// the identities must then not be sent.
-    async fn flush(&mut self, store: &dyn SubscriberStore) -> bool {
+    /// Stores everything pending in one store call and returns only once it is durable. False
+    /// if it failed: the message that names the identities must then not be sent. With
+    /// in-memory identities, records them in the process (no store access).
+    async fn flush(&mut self, core: &Core) -> bool {
         let pseudonym = self.pseudonym.take();
         let reauth = self.reauth.take();
-        let (p, r) = tokio::join!(
-            async {
-                match &pseudonym {
-                    Some((p, imsi)) => {
-                        let expires = unix_now() + 7 * 24 * 3600;
-                        store.put_pseudonym(p, imsi, expires).await
-                    }
-                    None => Ok(()),
-                }
-            },
-            async {
-                match &reauth {
-                    Some(r) => store.put_reauth(r).await,
-                    None => Ok(()),
-                }
+        if let Some(ids) = &core.identities {
+            let p = match &pseudonym {
+                Some((p, imsi)) => ids.put_pseudonym(p, imsi, unix_now() + PSEUDONYM_LIFETIME_SECS),
+                None => Ok(()),
+            };
+            let r = match &reauth {
+                Some(r) => ids.put_reauth(r),
+                None => Ok(()),
+            };
+            return check_flushed(&p, &r);
+        }
+        let store: &dyn SubscriberStore = core.auc.store().as_ref();
+        let imsi = match (&pseudonym, &reauth) {
+            (Some((_, imsi)), _) => imsi,
+            (None, Some(r)) => &r.imsi,
+            (None, None) => return true,
+        };
+        let expires = unix_now() + PSEUDONYM_LIFETIME_SECS;
+        // One store job: both rows, and the subscriber's superseded identities dropped.
+        match store
+            .put_issued(
+                imsi,
+                pseudonym.as_ref().map(|(p, _)| (p.as_str(), expires)),
+                reauth.as_ref(),
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "storing issued identities failed");
+                false
             }
-        );
-        if let Err(e) = &p {
-            warn!(error = %e, "storing a pseudonym failed");
         }
-        if let Err(e) = &r {
-            warn!(error = %e, "storing a re-authentication identity failed");
-        }
-        p.is_ok() && r.is_ok()
     }
+}
+
+/// Seconds an issued pseudonym stays valid.
+const PSEUDONYM_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
+/// Logs failed identity writes; true if both succeeded.
+fn check_flushed(p: &Result<(), StoreError>, r: &Result<(), StoreError>) -> bool {
+    if let Err(e) = p {
+        warn!(error = %e, "storing a pseudonym failed");
+    }
+    if let Err(e) = r {
+        warn!(error = %e, "storing a re-authentication identity failed");
+    }
+    p.is_ok() && r.is_ok()
 }
 
 /// Executes the EAP server's events in order until it has something for the wire. Pseudonyms
@@ -587,12 +678,11 @@ impl Pending {
 /// them leaves (never after).
 async fn drive(core: &Core, s: &mut Session) -> Outcome {
     let store: &dyn SubscriberStore = core.auc.store().as_ref();
-    let mut rng = rand::rngs::OsRng;
     let mut pending = Pending::default();
     while let Some(event) = s.eap.poll_event() {
         match event {
             ServerEvent::Send(eap) => {
-                if !pending.flush(store).await {
+                if !pending.flush(core).await {
                     return Outcome::StoreFailure;
                 }
                 return Outcome::Challenge(eap);
@@ -606,7 +696,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                         ck: v.ck,
                         ik: v.ik,
                     },
-                    &mut rng,
+                    &mut rand::thread_rng(),
                 ),
                 Err(e) => reject_subscriber(s, &imsi, e),
             },
@@ -623,7 +713,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                                     ck: v.ck,
                                     ik: v.ik,
                                 },
-                                &mut rng,
+                                &mut rand::thread_rng(),
                             ),
                             Err(e) => reject_subscriber(s, &imsi, e),
                         }
@@ -632,16 +722,24 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 }
             }
             ServerEvent::ResolvePseudonym { pseudonym } => {
-                match store.resolve_pseudonym(&pseudonym, unix_now()).await {
-                    Ok(imsi) => s.eap.provide_pseudonym(imsi, &mut rng),
+                let found = match &core.identities {
+                    Some(ids) => Ok(ids.resolve_pseudonym(&pseudonym, unix_now())),
+                    None => store.resolve_pseudonym(&pseudonym, unix_now()).await,
+                };
+                match found {
+                    Ok(imsi) => s.eap.provide_pseudonym(imsi, &mut rand::thread_rng()),
                     Err(e) => {
                         warn!(error = %e, "pseudonym lookup failed");
-                        s.eap.provide_pseudonym(None, &mut rng)
+                        s.eap.provide_pseudonym(None, &mut rand::thread_rng())
                     }
                 }
             }
             ServerEvent::ResolveReauth { reauth_id } => {
-                match claim_reauth(store, &reauth_id).await {
+                let claimed = match &core.identities {
+                    Some(ids) => claim_memory_reauth(store, ids, &reauth_id).await,
+                    None => claim_reauth(store, &reauth_id).await,
+                };
+                match claimed {
                     Ok(rec) => s.eap.provide_reauth(
                         rec.map(|r| ReauthContext {
                             imsi: r.imsi,
@@ -650,11 +748,11 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                             k_re: r.k_re,
                             counter: r.counter,
                         }),
-                        &mut rng,
+                        &mut rand::thread_rng(),
                     ),
                     Err(e) => {
                         warn!(error = %e, "re-authentication identity lookup failed");
-                        s.eap.provide_reauth(None, &mut rng)
+                        s.eap.provide_reauth(None, &mut rand::thread_rng())
                     }
                 }
             }
@@ -678,7 +776,9 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 pending.reauth = Some(r);
             }
             ServerEvent::ForgetReauth { reauth_id } => {
-                if let Err(e) = store.delete_reauth(&reauth_id).await {
+                if let Some(ids) = &core.identities {
+                    ids.delete_reauth(&reauth_id);
+                } else if let Err(e) = store.delete_reauth(&reauth_id).await {
                     warn!(error = %e, "deleting a used re-authentication identity failed");
                 }
             }
@@ -695,7 +795,7 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
                 ..
             } => {
                 drop(emsk);
-                if !pending.flush(store).await {
+                if !pending.flush(core).await {
                     return Outcome::StoreFailure;
                 }
                 info!(%imsi, method = %method_name(&method), identity = %identity_name(&identity), client = %s.client, "authenticated");
@@ -703,14 +803,14 @@ async fn drive(core: &Core, s: &mut Session) -> Outcome {
             }
             ServerEvent::Failure { eap, reason } => {
                 // Nothing pending matters to a failure; still stored, as the server asked.
-                pending.flush(store).await;
+                pending.flush(core).await;
                 info!(reason = %failure_name(&reason), client = %s.client, "authentication failed");
                 return Outcome::Reject(eap);
             }
             other => debug!(event = ?other, "EAP server event ignored"),
         }
     }
-    if !pending.flush(store).await {
+    if !pending.flush(core).await {
         return Outcome::StoreFailure;
     }
     Outcome::Silent
@@ -734,6 +834,27 @@ async fn claim_reauth(
     } else {
         debug!("re-authentication identity raced by another conversation");
         Ok(None)
+    }
+}
+
+/// [`claim_reauth`] for in-memory contexts. A subscriber removed or barred since its full
+/// authentication gets no fast re-authentication: removing a subscriber deletes its stored
+/// contexts but cannot reach this process's tables, so its status is read here.
+async fn claim_memory_reauth(
+    store: &dyn SubscriberStore,
+    ids: &MemoryIdentities,
+    reauth_id: &str,
+) -> Result<Option<ReauthRecord>, StoreError> {
+    let Some(rec) = ids.claim_reauth(reauth_id, unix_now()) else {
+        return Ok(None);
+    };
+    match store.get(&rec.imsi).await? {
+        Some(sub) if sub.status == capillary_store::SubscriberStatus::Active => Ok(Some(rec)),
+        _ => {
+            ids.delete_reauth(reauth_id);
+            debug!("re-authentication context of a removed or barred subscriber dropped");
+            Ok(None)
+        }
     }
 }
 

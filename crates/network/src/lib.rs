@@ -5,13 +5,16 @@
 //! This crate is the driver: it owns the socket, the clock, the RNG and the store, and turns the
 //! state machines' events into storage calls and datagrams. Every state change an event asks
 //! for (a pseudonym, a re-authentication identity, an SQN) is durable in the store before the
-//! message that depends on it leaves the process.
+//! message that depends on it leaves the process, unless `[eap] identity_store = "memory"`
+//! keeps pseudonyms and re-authentication contexts in the process only (see
+//! [`config::IdentityStore`]).
 #![forbid(unsafe_code)]
 
 pub mod auc;
 pub mod config;
 mod driver;
 pub mod hlr_auc_gw;
+mod identities;
 pub mod link;
 pub mod link_driver;
 pub mod northbound;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use capillary_aka::vector::{Usim, UsimConfig, UsimOutcome};
 use capillary_eap::eap;
 use capillary_eap::peer::{EapAkaPeer, PeerConfig, PeerEvent, PeerFailure};
-use capillary_network::config::{CoreConfig, RadiusClientConfig};
+use capillary_network::config::{CoreConfig, IdentityStore, RadiusClientConfig};
 use capillary_network::CoreHandle;
 use capillary_radius::client;
 use capillary_radius::{Code, Packet};
@@ -97,6 +97,15 @@ async fn start_with(
     trusted: bool,
     dir: tempfile::TempDir,
 ) -> Core {
+    start_with_identities(store, trusted, dir, IdentityStore::Store).await
+}
+
+async fn start_with_identities(
+    store: Arc<dyn SubscriberStore>,
+    trusted: bool,
+    dir: tempfile::TempDir,
+    identity_store: IdentityStore,
+) -> Core {
     let mut cfg = CoreConfig {
         data_dir: Some(dir.path().to_path_buf()),
         ..CoreConfig::default()
@@ -108,6 +117,7 @@ async fn start_with(
         secret: SECRET.into(),
         trusted,
     }];
+    cfg.eap.identity_store = identity_store;
     let handle = capillary_network::run_with_store(cfg, store.clone())
         .await
         .unwrap();
@@ -704,6 +714,105 @@ async fn fast_reauthentication_uses_no_sqn() {
     assert_eq!(core.seq_he(IMSI).await, 1);
     assert!(core.store.get_reauth(&id1, 0).await.unwrap().is_none());
     assert!(core.store.get_reauth(&id2, 0).await.unwrap().is_none());
+    core.handle.stop().await;
+}
+
+/// `identity_store = "memory"`: fast re-authentication works, nothing is written to the store
+/// but the SQN, and after a restart of the core (the tables are lost) the peer's
+/// re-authentication identity and pseudonym are unknown: the server asks for the permanent
+/// identity and a full authentication succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_identities_reauth_then_full_auth_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("subscribers.db");
+    let sqlite = SqliteStore::open(&db).unwrap();
+    sqlite.add(subscriber(IMSI)).await.unwrap();
+    let store: Arc<dyn SubscriberStore> = Arc::new(sqlite);
+    let core = start_with_identities(store.clone(), true, dir, IdentityStore::Memory).await;
+    let mut nas = Nas::new(core.addr(), SECRET).await;
+    let (mut p, mut u) = (peer(IMSI), usim());
+    let run = authenticate(&mut nas, &mut p, &mut u, false).await;
+    let first = run.assert_accepted_with_msk();
+    assert_eq!((run.aka_runs, run.rounds), (1, 2));
+    let id1 = p
+        .reauth_id()
+        .expect("re-authentication identity")
+        .to_owned();
+    let pseudonym = p.pseudonym().expect("pseudonym").to_owned();
+    assert!(
+        store.get_reauth(&id1, 0).await.unwrap().is_none(),
+        "not in the store"
+    );
+    assert!(store
+        .resolve_pseudonym(&pseudonym, 0)
+        .await
+        .unwrap()
+        .is_none());
+
+    let run = authenticate(&mut nas, &mut p, &mut u, false).await;
+    let second = run.assert_accepted_with_msk();
+    assert_eq!(run.aka_runs, 0, "fast re-authentication from memory");
+    assert_ne!(second, first);
+    assert_eq!(core.seq_he(IMSI).await, 1, "no SQN consumed");
+    let id2 = p.reauth_id().expect("next identity").to_owned();
+    assert_ne!(id1, id2);
+
+    // The used identity is gone: presenting it again is a full authentication.
+    core.handle.stop().await;
+    let core = start_with_identities(
+        store.clone(),
+        true,
+        tempfile::tempdir().unwrap(),
+        IdentityStore::Memory,
+    )
+    .await;
+    let mut nas = Nas::new(core.addr(), SECRET).await;
+    let run = authenticate(&mut nas, &mut p, &mut u, false).await;
+    let third = run.assert_accepted_with_msk();
+    assert_eq!(run.aka_runs, 1, "full authentication after the restart");
+    assert!(
+        run.rounds > 2,
+        "the server asked for another identity first ({} rounds)",
+        run.rounds
+    );
+    assert!(third != first && third != second);
+    assert_eq!(core.seq_he(IMSI).await, 2);
+    let st = core.handle.radius_stats();
+    assert_eq!((st.accepts, st.rejects), (1, 0));
+    // And the new identities work on the restarted core.
+    let run = authenticate(&mut nas, &mut p, &mut u, false).await;
+    run.assert_accepted_with_msk();
+    assert_eq!(run.aka_runs, 0);
+    core.handle.stop().await;
+}
+
+/// `identity_store = "memory"`: a subscriber barred after its full authentication gets no fast
+/// re-authentication from the in-memory context.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_identities_refuse_reauth_of_barred_subscriber() {
+    let store = MemoryStore::new();
+    store.add(subscriber(IMSI)).await.unwrap();
+    let store: Arc<dyn SubscriberStore> = Arc::new(store);
+    let core = start_with_identities(
+        store.clone(),
+        true,
+        tempfile::tempdir().unwrap(),
+        IdentityStore::Memory,
+    )
+    .await;
+    let mut nas = Nas::new(core.addr(), SECRET).await;
+    let (mut p, mut u) = (peer(IMSI), usim());
+    authenticate(&mut nas, &mut p, &mut u, false)
+        .await
+        .assert_accepted_with_msk();
+    assert!(p.reauth_id().is_some());
+    store
+        .set_status(&imsi(IMSI), SubscriberStatus::Barred)
+        .await
+        .unwrap();
+    let run = authenticate(&mut nas, &mut p, &mut u, false).await;
+    assert_eq!(run.code, Code::Reject);
+    assert_eq!(run.aka_runs, 0);
     core.handle.stop().await;
 }
 

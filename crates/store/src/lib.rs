@@ -595,6 +595,30 @@ pub trait SubscriberStore: Send + Sync + 'static {
     /// Deletes a re-authentication record (no error if absent).
     async fn delete_reauth(&self, reauth_id: &str) -> Result<(), StoreError>;
 
+    /// Stores the identities one EAP message issues to `imsi` (its next pseudonym with its
+    /// expiry, its next re-authentication record, either or both), as
+    /// [`SubscriberStore::put_pseudonym`] and [`SubscriberStore::put_reauth`] do, and may forget
+    /// the identities they supersede: every re-authentication record of `imsi` but the new one,
+    /// and every pseudonym of `imsi` but the new one and the newest before it. A peer only uses
+    /// the newest identities it received (RFC 4187 §4.1.1.7, §5.4); dropping the others keeps
+    /// the tables at a few rows per subscriber instead of one per authentication. The SQLite
+    /// store does all of it in one job of its group commit (an error leaves nothing of it); the
+    /// default stores one after the other and forgets nothing.
+    async fn put_issued(
+        &self,
+        imsi: &Imsi,
+        pseudonym: Option<(&str, u64)>,
+        reauth: Option<&ReauthRecord>,
+    ) -> Result<(), StoreError> {
+        if let Some((p, expires)) = pseudonym {
+            self.put_pseudonym(p, imsi, expires).await?;
+        }
+        if let Some(r) = reauth {
+            self.put_reauth(r).await?;
+        }
+        Ok(())
+    }
+
     /// [`SubscriberStore::import`] plus gateway bindings, in one transaction: the subscribers
     /// are added first, then every `(device, gateway)` pair is bound as by
     /// [`SubscriberStore::bind_gateway`] (either side may be in `subs` or already stored). All
