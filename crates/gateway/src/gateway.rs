@@ -394,6 +394,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         }
         let offer = if self.opts.local_identity && self.authenticated {
             self.auth.network_offer().cloned()
+        } else if self.opts.local_identity && self.opts.first_batch_with_auth {
+            // PROTOCOL.md §4.1: also while the gateway's own run is in progress, with that
+            // run's offer; the `kind 3` entries wait for the link context.
+            self.auth.offer_in_progress()
         } else {
             None
         };

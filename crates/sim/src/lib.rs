@@ -77,7 +77,8 @@ pub enum Mode {
     /// with no congestion control.
     Naive,
     /// Batched with every optimisation of the gateway system switched on (see
-    /// [`apply_mode`]; today the same as [`Mode::Batched`]).
+    /// [`apply_mode`]: local identity, one-way confirmations, fast re-authentication in
+    /// memory, vector prefetch, the first device batch with the gateway's authentication).
     Optimised,
 }
 
@@ -120,6 +121,12 @@ pub fn apply_mode(
     opts.local_identity = optimised;
     opts.confirm_one_way = optimised;
     link.accept_local_identity = optimised;
+    // PROTOCOL.md §6.1 (fast re-authentication in memory), §6.2 (vector prefetch when a
+    // gateway authenticates), §4.1 (the first device batch in the flight of the gateway's
+    // own authentication).
+    link.fast_reauth = optimised;
+    link.prefetch_vectors = optimised;
+    opts.first_batch_with_auth = optimised;
     if mode == Mode::Naive {
         batcher.window = Duration::ZERO;
         batcher.max_entries = 1;
@@ -678,6 +685,8 @@ enum Ev {
     Vectors(u64, Vec<Imsi>),
     /// The store answers an authorization request of this many pairs.
     Authz(u64, usize),
+    /// The store answers a vector prefetch (PROTOCOL.md §6.2) for these devices.
+    Prefetch(u64, Vec<Imsi>),
     /// Nothing: wakes the loop at an instant (end of the steady phase).
     Wake,
 }
@@ -1066,6 +1075,30 @@ impl Sim {
                 self.c.store_requests += 1;
                 self.schedule(at, Ev::Authz(ticket, pairs.len()));
             }
+            LinkEvent::PrefetchVectors {
+                ticket,
+                gateway,
+                skip,
+                limit,
+            } => {
+                self.c.store_requests += 1;
+                let g = gateway
+                    .as_str()
+                    .strip_prefix(GW_PREFIX)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .and_then(|n| n.checked_sub(1));
+                let d = self.cfg.devices_per_gateway;
+                let skip: HashSet<&str> = skip.iter().map(Imsi::as_str).collect();
+                let who = g
+                    .map(|g| (g * d..(g + 1) * d).map(dev_imsi).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|i| !skip.contains(i.as_str()))
+                    .take(limit)
+                    .filter_map(|i| Imsi::new(&i).ok())
+                    .collect();
+                self.schedule(at, Ev::Prefetch(ticket, who));
+            }
             LinkEvent::Uplink { payload, .. } => self.uplink_delivered(&payload),
             _ => {}
         }
@@ -1367,6 +1400,17 @@ impl Sim {
                 self.net
                     .provide_vectors(now, ticket, v)
                     .map_err(|e| SimError::Internal(format!("provide_vectors: {e}")))?;
+                self.net_timer = None;
+            }
+            Ev::Prefetch(ticket, who) => {
+                let mut v = Vec::with_capacity(who.len());
+                for w in who {
+                    let vector = self.vector(&w)?;
+                    v.push((w, vector));
+                }
+                self.net
+                    .provide_prefetch(now, ticket, v)
+                    .map_err(|e| SimError::Internal(format!("provide_prefetch: {e}")))?;
                 self.net_timer = None;
             }
             Ev::Authz(ticket, n) => {

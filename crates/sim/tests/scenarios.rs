@@ -181,10 +181,12 @@ fn apply_mode_is_the_one_switch() {
     assert_eq!(b, BatcherConfig::default());
     assert_eq!(o, GatewayOptions::default());
     assert!(o.local_identity && o.confirm_one_way && l.accept_local_identity);
+    assert!(l.fast_reauth && l.prefetch_vectors && o.first_batch_with_auth);
     // Batched: the same batching, without the local identity step and one-way batches.
     apply_mode(Mode::Batched, 4, &mut b, &mut o, &mut l);
     assert_eq!(b, BatcherConfig::default());
     assert!(!o.local_identity && !o.confirm_one_way && !l.accept_local_identity);
+    assert!(!l.fast_reauth && !l.prefetch_vectors && !o.first_batch_with_auth);
     assert_eq!(o.batch_max_delay, GatewayOptions::default().batch_max_delay);
     assert_eq!(l.max_batch_entries, LinkConfig::default().max_batch_entries);
     apply_mode(Mode::Naive, 7, &mut b, &mut o, &mut l);
