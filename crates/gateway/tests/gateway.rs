@@ -671,7 +671,10 @@ fn early_trigger_is_answered_locally_with_first_batch_with_auth() {
             .encode()
             .unwrap();
         w.device_sends(1, &trigger);
-        assert!(w.to_devices.is_empty(), "no offer known yet: nothing to answer with");
+        assert!(
+            w.to_devices.is_empty(),
+            "no offer known yet: nothing to answer with"
+        );
         w.run_for(Duration::from_secs(60));
         assert!(w.gw.is_authenticated());
         let relayed = w.net.batches_in.iter().any(|b| {

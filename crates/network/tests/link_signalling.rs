@@ -48,13 +48,19 @@ fn cfg(prefetch: bool, fast_reauth: bool) -> LinkConfig {
 #[test]
 fn prefetch_on_attach_wave_needs_no_vector_request() {
     let mut w = world(10, 3, cfg(true, false));
-    assert_eq!(w.prefetches, 1, "one prefetch when the gateway authenticated");
+    assert_eq!(
+        w.prefetches, 1,
+        "one prefetch when the gateway authenticated"
+    );
     assert_eq!(w.need_vectors, 1, "only the gateway's own vector so far");
     assert_eq!(w.net.stats().prefetched, 10);
     attach_all(&mut w);
     let s = w.net.stats();
     assert_eq!(s.prefetch_hits, 10);
-    assert_eq!(w.need_vectors, 1, "the identities used the prefetched vectors");
+    assert_eq!(
+        w.need_vectors, 1,
+        "the identities used the prefetched vectors"
+    );
     // §6.2: the identity step uses the prefetch's authorization; the challenge responses and
     // the key confirmations are each authorized from the store.
     assert_eq!(w.authorize, 2);
@@ -69,7 +75,10 @@ fn prefetch_off_attach_wave_asks_for_vectors() {
     attach_all(&mut w);
     let s = w.net.stats();
     assert_eq!(s.prefetch_hits, 0);
-    assert_eq!(w.need_vectors, 2, "gateway vector + one NeedVectors for the wave");
+    assert_eq!(
+        w.need_vectors, 2,
+        "gateway vector + one NeedVectors for the wave"
+    );
     assert_eq!(w.authorize, 3);
     assert_eq!(s.store_round_trips, 5);
 }
@@ -132,7 +141,10 @@ fn fast_reauth_on_reattach_needs_no_vector() {
     let w = reattach(true);
     let s = w.net.stats();
     assert_eq!(s.fast_reauths, 5, "every device re-authenticated fast");
-    assert_eq!(w.need_vectors, before_vectors, "no vector, no SQN for the re-attach");
+    assert_eq!(
+        w.need_vectors, before_vectors,
+        "no vector, no SQN for the re-attach"
+    );
     // The re-attach is still authorized from the store before EAP-Success (§6).
     assert!(w.authorize >= 4);
     // And uplinks work under the new context.
@@ -141,10 +153,9 @@ fn fast_reauth_on_reattach_needs_no_vector() {
     w.run_until(Duration::from_secs(10), |w| {
         !w.devices[0].1.uplink_acks.is_empty()
     });
-    assert!(w
-        .log
-        .iter()
-        .any(|e| matches!(e, LinkEvent::Uplink { payload, .. } if payload == b"after fast reauth")));
+    assert!(w.log.iter().any(
+        |e| matches!(e, LinkEvent::Uplink { payload, .. } if payload == b"after fast reauth")
+    ));
 }
 
 #[test]

@@ -571,7 +571,8 @@ impl LinkEndpoint {
         vectors: Vec<(Imsi, AuthVector)>,
     ) -> Result<(), LinkError> {
         self.clock = Some(now);
-        let Some(TicketKind::Prefetch(addr, generation)) = self.tickets.get(&ticket).map(|t| &t.kind)
+        let Some(TicketKind::Prefetch(addr, generation)) =
+            self.tickets.get(&ticket).map(|t| &t.kind)
         else {
             return Err(LinkError::UnknownTicket);
         };

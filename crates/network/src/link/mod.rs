@@ -51,6 +51,12 @@
 //!   barred or unknown is forgotten: its devices end that way, the batch's `2.04` carrying
 //!   their refusals is the last message under its link context, later requests get an
 //!   unprotected 4.01 and it relays nothing until it authenticates again.
+//! - **Store-side optimisations** (PROTOCOL.md §6.1, §6.2): devices' fast
+//!   re-authentication with the contexts in memory ([`LinkConfig::fast_reauth`]: no vector,
+//!   no SQN, no store write), and one vector per bound device fetched when a gateway
+//!   authenticates ([`LinkEvent::PrefetchVectors`], [`LinkEndpoint::provide_prefetch`]), so
+//!   the identity step of an attach needs no store round trip. Either way the batch that
+//!   carries the device's answer is authorized from the store before EAP-Success (§6).
 //! - Replayed or tampered messages on either OSCORE layer are dropped and counted
 //!   ([`LinkStats::dropped`]); no input bytes can make it panic.
 //!
