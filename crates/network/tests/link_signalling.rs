@@ -178,3 +178,51 @@ fn gateway_runs_are_always_full() {
     assert_eq!(w.need_vectors, before + 1);
     assert_eq!(w.net.stats().fast_reauths, 0);
 }
+
+/// PROTOCOL.md §4.1: the gateway's first `POST /r` leaves right behind its protected 2.04 to
+/// EAP-Success; if it overtakes the 2.04, it proves the new context by itself (RFC 9820
+/// §3.3) and is served.
+#[test]
+fn first_batch_overtaking_the_gateways_key_confirmation_is_served() {
+    let mut w = World::new(21);
+    w.add_sub(&imsi(1), SubscriberKind::Device, true);
+    w.add_device(&imsi(1), 1);
+    w.gw.peer.start(w.now);
+    for _ in 0..10_000 {
+        if w.gw.peer.authenticated {
+            break;
+        }
+        w.step();
+    }
+    assert!(w.gw.peer.authenticated);
+    // Hold back the gateway's protected 2.04 to EAP-Success.
+    let held: Vec<Vec<u8>> = w.gw.peer.out.drain(..).collect();
+    assert!(!held.is_empty());
+    assert!(!w.net.is_gateway_authenticated(w.gw_addr));
+    w.start_devices();
+    w.settle();
+    assert!(w.net.is_gateway_authenticated(w.gw_addr));
+    assert!(w.gw.responses.contains(&capillary_coap::Code::CHANGED));
+    let gw_auths = |w: &World| {
+        w.log
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    LinkEvent::Authenticated {
+                        kind: SubscriberKind::Gateway,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(gw_auths(&w), 1);
+    // The late 2.04 changes nothing.
+    for b in held {
+        w.net.handle_datagram(w.now, w.gw_addr, &b);
+    }
+    w.run_until(Duration::from_secs(60), |w| w.devices[0].1.authenticated);
+    assert!(w.devices[0].1.authenticated);
+    assert_eq!(gw_auths(&w), 1);
+}

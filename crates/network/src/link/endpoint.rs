@@ -705,14 +705,29 @@ impl LinkEndpoint {
 
     fn gw_protected_request(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
         let mid = msg.message_id;
-        let res = match self
-            .gateways
-            .get_mut(&from)
-            .and_then(|g| g.session.keys.as_mut())
-        {
-            Some(k) => k.ctx.unprotect_request(msg),
-            None => Err(OscoreError::UnknownKid),
+        let (res, by_new_keys) = match self.gateways.get_mut(&from) {
+            Some(g) => Self::unprotect_device_request(&mut g.session, msg),
+            None => (Err(OscoreError::UnknownKid), false),
         };
+        if by_new_keys && res.is_ok() {
+            // PROTOCOL.md §4.1: a `POST /r` under the gateway's new context that overtook
+            // its protected 2.04 to EAP-Success proves key possession (RFC 9820 §3.3), as
+            // for devices: confirm the run, then serve the request.
+            let mut p = Pumped::default();
+            let mut confirmed = false;
+            if let Some(g) = self.gateways.get_mut(&from) {
+                g.session.confirm_by_request(now);
+                g.session.pump(now, &mut self.rng, &self.cfg, &mut p);
+                confirmed = g.session.new_keys.is_none() && g.session.keys.is_some();
+            }
+            let mut acc = Acc::default();
+            self.route_gateway(from, p, &mut acc);
+            self.emit_tickets(acc, None);
+            if !confirmed {
+                count(&mut self.stats.dropped, DropCause::NoContext);
+                return;
+            }
+        }
         match res {
             Ok((inner, binding)) => match self.gw_dedup.check_typed(now, &from, mid, msg.ty) {
                 DedupResult::New => self.gw_request(now, from, msg, &inner, binding),
