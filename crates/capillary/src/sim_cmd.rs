@@ -17,7 +17,8 @@ pub struct SimArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10, 100, 1000, 10_000])]
     devices: Vec<u32>,
     /// Scenarios: cold (attach storm), reboot (the gateways lose their state), reboot-devices
-    /// (the devices reboot with them), steady (uplinks after the attach), comma-separated.
+    /// (the devices reboot with them), reattach (every device runs CoAP-EAP again), steady
+    /// (uplinks after the attach), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = ["cold".to_string()])]
     scenario: Vec<String>,
     /// Gateways.
@@ -103,6 +104,10 @@ pub struct SimArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Switch these optimisations of the optimised mode off, to measure each:
+    /// fast-reauth, prefetch, first-batch (comma-separated).
+    #[arg(long, default_value = "")]
+    without: String,
     /// Print JSON to stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -248,6 +253,7 @@ pub fn run(args: SimArgs) -> Result<()> {
                         naive_nstart: args.naive_nstart,
                         seed: args.seed,
                         time_limit: ms(args.limit_s * 1000.0)?,
+                        without: capillary_sim::Without::parse(&args.without)?,
                     };
                     let label = format!(
                         "[{k}/{total}] {} {} {} N={}",

@@ -116,6 +116,18 @@ impl OwnAuth {
         self.coap_eap.poll_timeout()
     }
 
+    /// The offer of the run in progress (from the network's first request; authenticated
+    /// only once that run succeeds, RFC 9820 §6.2), else of the last successful run
+    /// (PROTOCOL.md §4.1, `GatewayOptions::first_batch_with_auth`).
+    pub(crate) fn offer_in_progress(&self) -> Option<CoapEapInfo> {
+        let current = if self.running {
+            self.coap_eap.authenticator_offer()
+        } else {
+            None
+        };
+        current.or_else(|| self.offer.clone())
+    }
+
     /// What the network offered in the first request of the gateway's last successful
     /// CoAP-EAP run (cipher-suite list as sent, RID-C; RFC 9820 §5.1): the network makes
     /// the same offer to every peer (`LinkConfig::cipher_suites`, `LinkConfig::rid_c`), so

@@ -123,7 +123,8 @@ pub struct GatewayOptions {
     /// (EAP-Request/Identity and the network's cipher suites and RID-C, learnt from the
     /// gateway's own CoAP-EAP run with the network) and forward the device's answer with
     /// that request as one `kind 3` entry: one gateway-link round trip less per attach.
-    /// Triggers are relayed (`kind 0`) while the gateway is not authenticated. Default
+    /// Triggers are relayed (`kind 0`) while the gateway knows no offer yet (and, with
+    /// [`Self::first_batch_with_auth`] off, while it is not authenticated). Default
     /// `true`.
     pub local_identity: bool,
     /// Timers of the local EAP-Request/Identity to devices (CON, RFC 7252 §4.2/§4.8).
@@ -137,6 +138,15 @@ pub struct GatewayOptions {
     /// retransmits EAP-Success until the device's protected 2.04 arrives, and the device
     /// answers from its cache. Default `true`.
     pub confirm_one_way: bool,
+    /// PROTOCOL.md §4.1, §5: with [`Self::local_identity`] on, answer device triggers
+    /// locally already while the gateway's own CoAP-EAP run is in progress (as soon as the
+    /// network's first request showed its offer), and hold their `kind 3` entries until the
+    /// link context exists: they leave in the same flight as the gateway's protected 2.04
+    /// to EAP-Success (RFC 9820 §3.3), so the devices that triggered during the gateway's
+    /// authentication skip the round trip of relayed triggers. The offer is authenticated
+    /// by that run (the cipher suites are bound into its key derivation, RFC 9820 §6.2) and
+    /// checked again by the network (§5). Default `true`.
+    pub first_batch_with_auth: bool,
 }
 
 impl Default for GatewayOptions {
@@ -161,6 +171,7 @@ impl Default for GatewayOptions {
             local_identity: true,
             capillary_link: TransmissionParams::default(),
             confirm_one_way: true,
+            first_batch_with_auth: true,
         }
     }
 }

@@ -91,6 +91,10 @@ pub struct Gateway<A> {
     drop_previous: bool,
     next_epoch: u64,
     authenticated: bool,
+    /// PROTOCOL.md §4.1 (`first_batch_with_auth`): device triggers that arrived while the
+    /// gateway's own run had not yet shown the network's offer, answered locally once it
+    /// does (at most one per device, at most `max_devices`).
+    early_triggers: Vec<(A, Vec<u8>)>,
     session_lifetime: Option<Duration>,
     outbox: Outbox,
     /// Duplicate detection (RFC 7252 §4.5) per OSCORE context generation: a new session's
@@ -226,6 +230,7 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
             drop_previous: false,
             next_epoch: 0,
             authenticated: false,
+            early_triggers: Vec::new(),
             session_lifetime: None,
             inflight: Vec::new(),
             round: 0,
@@ -375,12 +380,58 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         if self.invalid.is_some() {
             return;
         }
+        if self.hold_early_trigger(&from, bytes) {
+            return;
+        }
         if self.local_step(now, &from, bytes) {
             self.try_send_batch(now);
             return;
         }
         self.relay.device_datagram(now, from, bytes, sink!(self));
         self.try_send_batch(now);
+    }
+
+    /// PROTOCOL.md §4.1 (`first_batch_with_auth`): a device trigger that arrives while the
+    /// gateway's own run is under way but has not shown the network's offer yet is held
+    /// (the latest per device) and answered locally as soon as the offer is known.
+    fn hold_early_trigger(&mut self, from: &A, bytes: &[u8]) -> bool {
+        if !(self.opts.local_identity && self.opts.first_batch_with_auth)
+            || self.authenticated
+            || !self.auth.is_running()
+            || self.auth.offer_in_progress().is_some()
+        {
+            return false;
+        }
+        let Ok(msg) = Message::parse(bytes) else {
+            return false;
+        };
+        if !capillary_coap_eap::trigger::is_trigger(&msg) {
+            return false;
+        }
+        if let Some(t) = self.early_triggers.iter_mut().find(|(a, _)| a == from) {
+            t.1 = bytes.to_vec();
+            return true;
+        }
+        if self.early_triggers.len() >= self.relay.max_devices() {
+            return false;
+        }
+        self.early_triggers.push((from.clone(), bytes.to_vec()));
+        true
+    }
+
+    /// The held triggers, once the offer is known (or the run ended without one: then
+    /// they are relayed as usual).
+    fn release_early_triggers(&mut self, now: Instant) {
+        if self.early_triggers.is_empty()
+            || (self.auth.is_running() && self.auth.offer_in_progress().is_none())
+        {
+            return;
+        }
+        for (from, bytes) in std::mem::take(&mut self.early_triggers) {
+            if !self.local_step(now, &from, &bytes) {
+                self.relay.device_datagram(now, from, &bytes, sink!(self));
+            }
+        }
     }
 
     /// PROTOCOL.md §5: a trigger answered locally, or the device's answer to the local
@@ -394,6 +445,10 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
         }
         let offer = if self.opts.local_identity && self.authenticated {
             self.auth.network_offer().cloned()
+        } else if self.opts.local_identity && self.opts.first_batch_with_auth {
+            // PROTOCOL.md §4.1: also while the gateway's own run is in progress, with that
+            // run's offer; the `kind 3` entries wait for the link context.
+            self.auth.offer_in_progress()
         } else {
             None
         };
@@ -537,6 +592,11 @@ impl<A: Hash + Eq + Clone + Debug> Gateway<A> {
     }
 
     fn drain_auth(&mut self, now: Instant) {
+        self.drain_auth_outputs(now);
+        self.release_early_triggers(now);
+    }
+
+    fn drain_auth_outputs(&mut self, now: Instant) {
         while let Some(o) = self.auth.poll_output() {
             match o {
                 AuthOutput::Transmit(m) => {

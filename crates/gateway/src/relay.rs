@@ -80,6 +80,11 @@ impl<A: Hash + Eq + Clone + Debug> DeviceRelay<A> {
         }
     }
 
+    /// Most devices held at once.
+    pub(crate) fn max_devices(&self) -> usize {
+        self.limits.max_devices
+    }
+
     /// Devices held.
     pub(crate) fn devices(&self) -> usize {
         self.handles.len()

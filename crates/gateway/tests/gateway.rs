@@ -649,3 +649,47 @@ fn one_batch_answered_4_01_by_a_network_that_forgot_the_gateway_ends_at_give_up(
     w.run_for(Duration::from_millis(25));
     assert!(w.to_devices.contains(&(1, m)));
 }
+
+/// PROTOCOL.md §4.1 (`GatewayOptions::first_batch_with_auth`): a device trigger that arrives
+/// while the gateway's own run has not shown the network's offer yet is answered locally as
+/// soon as it does (on), instead of being relayed as `kind 0` after the gateway's
+/// authentication (off).
+#[test]
+fn early_trigger_is_answered_locally_with_first_batch_with_auth() {
+    use capillary_coap_eap::trigger::{build_trigger, ResourcePath};
+    for on in [true, false] {
+        let opts = GatewayOptions {
+            first_batch_with_auth: on,
+            ..GatewayOptions::default()
+        };
+        let mut w = World::with(15, gateway_config(), opts, 3600);
+        // The gateway's first trigger is lost: its run is under way without an offer.
+        w.drop = vec![0];
+        w.gw.start(w.now);
+        w.pump();
+        let trigger = build_trigger(7, vec![1, 2], &ResourcePath::parse(b"a").unwrap())
+            .encode()
+            .unwrap();
+        w.device_sends(1, &trigger);
+        assert!(
+            w.to_devices.is_empty(),
+            "no offer known yet: nothing to answer with"
+        );
+        w.run_for(Duration::from_secs(60));
+        assert!(w.gw.is_authenticated());
+        let relayed = w.net.batches_in.iter().any(|b| {
+            b.entries
+                .iter()
+                .any(|e| matches!(&e.kind, EntryKind::Coap(m) if *m == trigger))
+        });
+        let local = w.gw.stats().local_identity_requests;
+        if on {
+            assert_eq!(local, 1, "answered locally once the offer was known");
+            assert!(!relayed);
+            assert!(w.to_devices.iter().any(|(a, _)| *a == 1));
+        } else {
+            assert_eq!(local, 0);
+            assert!(relayed, "relayed as kind 0 after the gateway authenticated");
+        }
+    }
+}

@@ -272,6 +272,34 @@ impl Auc {
             .collect())
     }
 
+    /// PROTOCOL.md §6.2 (vector prefetch when a gateway authenticates): one fresh vector for
+    /// each device bound to `gateway` (at most `limit`, none for the devices in `skip`),
+    /// leaving out devices the store refuses (barred, unknown, not a device). Two store
+    /// calls (`devices_of`, then one `allocate_batch`) whatever the number of devices.
+    pub async fn bound_vectors(
+        &self,
+        gateway: &Imsi,
+        skip: &[Imsi],
+        limit: usize,
+    ) -> Result<Vec<(Imsi, AuthVector)>, AucError> {
+        let devices = self.store.devices_of(gateway, None, limit).await?;
+        let skip: std::collections::HashSet<&Imsi> = skip.iter().collect();
+        let requests: Vec<(Imsi, SubscriberKind)> = devices
+            .into_iter()
+            .filter(|d| !skip.contains(d))
+            .map(|d| (d, SubscriberKind::Device))
+            .collect();
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vectors = self.vectors(&requests).await?;
+        Ok(requests
+            .into_iter()
+            .zip(vectors)
+            .filter_map(|((imsi, _), v)| v.ok().map(|v| (imsi, v)))
+            .collect())
+    }
+
     /// Resynchronisation (TS 33.102 §6.3.5): verifies AUTS and moves SEQ_HE up to SEQ_MS, so the
     /// next vector is fresh for the USIM. Returns SEQ_MS.
     pub async fn resync(&self, imsi: &Imsi, rand: &Rand, auts: &Auts) -> Result<u64, AucError> {

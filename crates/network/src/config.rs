@@ -65,6 +65,10 @@ pub struct LinkSection {
     pub listen: Option<SocketAddr>,
     /// Session-Lifetime given to gateways and devices (RFC 9820 §5.1), seconds.
     pub session_lifetime_secs: u32,
+    /// Fast re-authentication of devices, contexts in memory (PROTOCOL.md §6.1).
+    pub fast_reauth: bool,
+    /// Vectors prefetched when a gateway authenticates (PROTOCOL.md §6.2).
+    pub prefetch_vectors: bool,
 }
 
 impl Default for LinkSection {
@@ -72,6 +76,8 @@ impl Default for LinkSection {
         Self {
             listen: None,
             session_lifetime_secs: 24 * 3600,
+            fast_reauth: true,
+            prefetch_vectors: true,
         }
     }
 }

@@ -324,6 +324,8 @@ pub async fn run_with_store(
                 ..capillary_eap::server::ServerConfig::default()
             },
             session_lifetime_secs: cfg.link.session_lifetime_secs,
+            fast_reauth: cfg.link.fast_reauth,
+            prefetch_vectors: cfg.link.prefetch_vectors,
             ..crate::link::LinkConfig::default()
         };
         let (handle, task) = crate::link_driver::spawn(listen, link_cfg, core.auc.clone())

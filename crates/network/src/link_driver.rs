@@ -234,6 +234,24 @@ async fn handle_event(
             }
             Err(e) => warn!(error = %e, "authorization batch failed"),
         },
+        LinkEvent::PrefetchVectors {
+            ticket,
+            gateway,
+            skip,
+            limit,
+        } => {
+            let vectors = match auc.bound_vectors(&gateway, &skip, limit).await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "vector prefetch failed");
+                    Vec::new()
+                }
+            };
+            debug!(%gateway, vectors = vectors.len(), "vectors prefetched");
+            if let Err(e) = ep.provide_prefetch(Instant::now(), ticket, vectors) {
+                warn!(error = %e, "prefetched vectors not taken");
+            }
+        }
         LinkEvent::Authenticated { imsi, kind, via } => {
             info!(%imsi, kind = %kind, via = ?via.as_ref().map(Imsi::as_str), "authenticated over the gateway link");
         }

@@ -62,9 +62,12 @@ fn ten_devices_attach_in_batches() {
     // §6: one Authorize per batch carrying known identities — the identities (with the
     // vector request), the challenge responses, the key confirmations — whatever N.
     assert_eq!(w.authorize, 3);
+    // The gateway's prefetch (PROTOCOL.md §6.2) ran before these devices were bound to it,
+    // so it found none: the identities need their own NeedVectors.
+    assert_eq!(w.prefetches, 1);
     assert_eq!(
-        s.store_round_trips, 5,
-        "gateway vector + one NeedVectors + one Authorize per batch"
+        s.store_round_trips, 6,
+        "gateway vector + prefetch + one NeedVectors + one Authorize per batch"
     );
     // §7: triggers, identities, challenge responses, key confirmations: 4 batches.
     let batches = w.gw.sent_batches.len() - batches_before;

@@ -77,7 +77,8 @@ pub enum Mode {
     /// with no congestion control.
     Naive,
     /// Batched with every optimisation of the gateway system switched on (see
-    /// [`apply_mode`]; today the same as [`Mode::Batched`]).
+    /// [`apply_mode`]: local identity, one-way confirmations, fast re-authentication in
+    /// memory, vector prefetch, the first device batch with the gateway's authentication).
     Optimised,
 }
 
@@ -120,6 +121,12 @@ pub fn apply_mode(
     opts.local_identity = optimised;
     opts.confirm_one_way = optimised;
     link.accept_local_identity = optimised;
+    // PROTOCOL.md §6.1 (fast re-authentication in memory), §6.2 (vector prefetch when a
+    // gateway authenticates), §4.1 (the first device batch in the flight of the gateway's
+    // own authentication).
+    link.fast_reauth = optimised;
+    link.prefetch_vectors = optimised;
+    opts.first_batch_with_auth = optimised;
     if mode == Mode::Naive {
         batcher.window = Duration::ZERO;
         batcher.max_entries = 1;
@@ -128,6 +135,51 @@ pub fn apply_mode(
         link.max_batch_entries = 1;
         link.batch_window = Duration::ZERO;
         link.transmission.nstart = naive_nstart.max(1);
+    }
+}
+
+/// Optimisations of [`Mode::Optimised`] switched off one at a time, after [`apply_mode`],
+/// to measure each on and off (`capillary sim --without ...`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Without {
+    /// `LinkConfig::fast_reauth` off (PROTOCOL.md §6.1).
+    pub fast_reauth: bool,
+    /// `LinkConfig::prefetch_vectors` off (PROTOCOL.md §6.2).
+    pub prefetch: bool,
+    /// `GatewayOptions::first_batch_with_auth` off (PROTOCOL.md §4.1).
+    pub first_batch_with_auth: bool,
+}
+
+impl Without {
+    /// Parses a comma-separated list of `fast-reauth`, `prefetch`, `first-batch`.
+    pub fn parse(s: &str) -> Result<Self, SimError> {
+        let mut w = Without::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "fast-reauth" => w.fast_reauth = true,
+                "prefetch" => w.prefetch = true,
+                "first-batch" => w.first_batch_with_auth = true,
+                _ => {
+                    return Err(SimError::InvalidConfig(format!(
+                        "without {part:?}: use fast-reauth, prefetch or first-batch"
+                    )))
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// Switches the named optimisations off.
+    pub fn apply(self, opts: &mut GatewayOptions, link: &mut LinkConfig) {
+        if self.fast_reauth {
+            link.fast_reauth = false;
+        }
+        if self.prefetch {
+            link.prefetch_vectors = false;
+        }
+        if self.first_batch_with_auth {
+            opts.first_batch_with_auth = false;
+        }
     }
 }
 
@@ -148,6 +200,13 @@ pub enum Scenario {
     /// sessions lost): each re-authenticates within [`SimConfig::start_spread`], then sends
     /// one uplink.
     RebootDevices,
+    /// After the cold storm, every device runs CoAP-EAP again (as at session renewal or
+    /// after a lost context; gateways, devices and the network keep their state) within
+    /// [`SimConfig::start_spread`], then sends one uplink. With
+    /// `LinkConfig::fast_reauth` (PROTOCOL.md §6.1) this is a fast re-authentication. The
+    /// report covers the time from the start of the re-attach until every device delivered
+    /// an uplink.
+    Reattach,
     /// After the cold storm (without uplinks), every device sends uplinks following
     /// [`SimConfig::pattern`] (mean interval [`SimConfig::uplink_interval`]) for
     /// [`SimConfig::steady_duration`]. The report covers those uplinks only.
@@ -155,12 +214,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    /// `cold`, `reboot`, `reboot-devices` or `steady`.
+    /// `cold`, `reboot`, `reboot-devices`, `reattach` or `steady`.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Cold => "cold",
             Scenario::Reboot => "reboot",
             Scenario::RebootDevices => "reboot-devices",
+            Scenario::Reattach => "reattach",
             Scenario::Steady => "steady",
         }
     }
@@ -171,9 +231,10 @@ impl Scenario {
             "cold" => Ok(Scenario::Cold),
             "reboot" => Ok(Scenario::Reboot),
             "reboot-devices" => Ok(Scenario::RebootDevices),
+            "reattach" => Ok(Scenario::Reattach),
             "steady" => Ok(Scenario::Steady),
             _ => Err(SimError::InvalidConfig(format!(
-                "scenario {s:?}: use cold, reboot, reboot-devices or steady"
+                "scenario {s:?}: use cold, reboot, reboot-devices, reattach or steady"
             ))),
         }
     }
@@ -343,6 +404,8 @@ pub struct SimConfig {
     pub naive_nstart: usize,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Optimisations switched off after [`apply_mode`] (none by default).
+    pub without: Without,
     /// Simulated time after which a phase (the gateways' authentication, the storm, the
     /// measured scenario) stops (reported as not completed).
     pub time_limit: Duration,
@@ -379,6 +442,7 @@ impl Default for SimConfig {
             naive_nstart: 4,
             seed: 1,
             time_limit: Duration::from_secs(600),
+            without: Without::default(),
         }
     }
 }
@@ -678,6 +742,8 @@ enum Ev {
     Vectors(u64, Vec<Imsi>),
     /// The store answers an authorization request of this many pairs.
     Authz(u64, usize),
+    /// The store answers a vector prefetch (PROTOCOL.md §6.2) for these devices.
+    Prefetch(u64, Vec<Imsi>),
     /// Nothing: wakes the loop at an instant (end of the steady phase).
     Wake,
 }
@@ -823,6 +889,7 @@ impl Sim {
             &mut opts,
             &mut link_cfg,
         );
+        cfg.without.apply(&mut opts, &mut link_cfg);
         let net = LinkEndpoint::new(link_cfg, rng.next_u64());
         let mut gws = Vec::new();
         for g in 0..cfg.gateways {
@@ -1065,6 +1132,30 @@ impl Sim {
             LinkEvent::Authorize { ticket, pairs } => {
                 self.c.store_requests += 1;
                 self.schedule(at, Ev::Authz(ticket, pairs.len()));
+            }
+            LinkEvent::PrefetchVectors {
+                ticket,
+                gateway,
+                skip,
+                limit,
+            } => {
+                self.c.store_requests += 1;
+                let g = gateway
+                    .as_str()
+                    .strip_prefix(GW_PREFIX)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .and_then(|n| n.checked_sub(1));
+                let d = self.cfg.devices_per_gateway;
+                let skip: HashSet<&str> = skip.iter().map(Imsi::as_str).collect();
+                let who = g
+                    .map(|g| (g * d..(g + 1) * d).map(dev_imsi).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|i| !skip.contains(i.as_str()))
+                    .take(limit)
+                    .filter_map(|i| Imsi::new(&i).ok())
+                    .collect();
+                self.schedule(at, Ev::Prefetch(ticket, who));
             }
             LinkEvent::Uplink { payload, .. } => self.uplink_delivered(&payload),
             _ => {}
@@ -1369,6 +1460,17 @@ impl Sim {
                     .map_err(|e| SimError::Internal(format!("provide_vectors: {e}")))?;
                 self.net_timer = None;
             }
+            Ev::Prefetch(ticket, who) => {
+                let mut v = Vec::with_capacity(who.len());
+                for w in who {
+                    let vector = self.vector(&w)?;
+                    v.push((w, vector));
+                }
+                self.net
+                    .provide_prefetch(now, ticket, v)
+                    .map_err(|e| SimError::Internal(format!("provide_prefetch: {e}")))?;
+                self.net_timer = None;
+            }
             Ev::Authz(ticket, n) => {
                 let a = (0..n)
                     .map(|_| Authorization {
@@ -1584,11 +1686,16 @@ impl Sim {
     /// delivered an uplink.
     fn reboot(
         &mut self,
-        devices: bool,
+        scenario: Scenario,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<bool, SimError> {
         let now = self.now;
+        let devices = scenario == Scenario::RebootDevices;
+        let reattach = scenario == Scenario::Reattach;
         for g in 0..self.cfg.gateways {
+            if reattach {
+                break;
+            }
             let seed = self.rng.next_u64();
             let fresh = Self::gateway(&self.cfg, g, self.batcher, &self.gw_opts, seed)?;
             let old = std::mem::replace(&mut self.gws[g as usize], fresh);
@@ -1609,9 +1716,11 @@ impl Sim {
                 self.rng.gen_range(0..=spread)
             };
             let at = now + Duration::from_nanos(off);
-            if devices {
-                let seed = self.rng.next_u64();
-                self.devices[i as usize] = Self::device(i, false, seed)?;
+            if devices || reattach {
+                if devices {
+                    let seed = self.rng.next_u64();
+                    self.devices[i as usize] = Self::device(i, false, seed)?;
+                }
                 self.dev[i as usize].reauthenticating = true;
                 self.schedule(at, Ev::Start(i));
             } else {
@@ -1683,9 +1792,9 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(Progress)) -> Result<SimRep
                 before = sim.begin_phase(Phase::Steady);
                 completed = sim.steady(progress)?;
             }
-            Scenario::Reboot | Scenario::RebootDevices => {
+            Scenario::Reboot | Scenario::RebootDevices | Scenario::Reattach => {
                 before = sim.begin_phase(Phase::Recovery);
-                completed = sim.reboot(cfg.scenario == Scenario::RebootDevices, progress)?;
+                completed = sim.reboot(cfg.scenario, progress)?;
                 recovery = Some(AttachTimes::of(
                     sim.dev.iter().filter_map(|d| d.recovered).collect(),
                 ));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use capillary_sim::{run, Mode, Scenario, SimConfig, SimReport, UplinkPattern};
+use capillary_sim::{run, Mode, Scenario, SimConfig, SimReport, UplinkPattern, Without};
 
 fn cfg(n: u32, scenario: Scenario) -> SimConfig {
     SimConfig {
@@ -29,6 +29,7 @@ fn every_scenario_is_deterministic() {
         Scenario::Steady,
         Scenario::Reboot,
         Scenario::RebootDevices,
+        Scenario::Reattach,
     ] {
         let mut c = cfg(12, s);
         c.capillary.loss = 0.03;
@@ -181,10 +182,12 @@ fn apply_mode_is_the_one_switch() {
     assert_eq!(b, BatcherConfig::default());
     assert_eq!(o, GatewayOptions::default());
     assert!(o.local_identity && o.confirm_one_way && l.accept_local_identity);
+    assert!(l.fast_reauth && l.prefetch_vectors && o.first_batch_with_auth);
     // Batched: the same batching, without the local identity step and one-way batches.
     apply_mode(Mode::Batched, 4, &mut b, &mut o, &mut l);
     assert_eq!(b, BatcherConfig::default());
     assert!(!o.local_identity && !o.confirm_one_way && !l.accept_local_identity);
+    assert!(!l.fast_reauth && !l.prefetch_vectors && !o.first_batch_with_auth);
     assert_eq!(o.batch_max_delay, GatewayOptions::default().batch_max_delay);
     assert_eq!(l.max_batch_entries, LinkConfig::default().max_batch_entries);
     apply_mode(Mode::Naive, 7, &mut b, &mut o, &mut l);
@@ -196,4 +199,70 @@ fn apply_mode_is_the_one_switch() {
         assert!(Mode::parse(m).is_ok());
     }
     assert!(Mode::parse("fast").is_err());
+}
+
+fn optimised(n: u32, scenario: Scenario, without: &str) -> SimReport {
+    let mut c = cfg(n, scenario);
+    c.mode = Mode::Optimised;
+    c.without = Without::parse(without).unwrap();
+    let r = sim(&c);
+    assert!(r.completed, "{scenario:?} without {without:?}");
+    r
+}
+
+/// PROTOCOL.md §6.2: with the vectors prefetched when the gateway authenticated, the attach
+/// wave needs no vector request for its identities.
+#[test]
+fn prefetch_saves_store_round_trips_of_the_attach_wave() {
+    let on = optimised(20, Scenario::Cold, "");
+    let off = optimised(20, Scenario::Cold, "prefetch");
+    assert!(
+        on.store.round_trips < off.store.round_trips,
+        "{} vs {}",
+        on.store.round_trips,
+        off.store.round_trips
+    );
+}
+
+/// PROTOCOL.md §6.1: a re-attach with fast re-authentication needs no vector; without it,
+/// each wave needs its vector request and the identities' authorization.
+#[test]
+fn fast_reauth_saves_store_round_trips_of_a_reattach() {
+    let on = optimised(20, Scenario::Reattach, "prefetch");
+    let off = optimised(20, Scenario::Reattach, "prefetch,fast-reauth");
+    assert_eq!(on.authenticated, 20);
+    assert_eq!(off.authenticated, 20);
+    assert!(
+        on.store.round_trips < off.store.round_trips,
+        "{} vs {}",
+        on.store.round_trips,
+        off.store.round_trips
+    );
+    assert!(Without::parse("nonsense").is_err());
+}
+
+/// PROTOCOL.md §4.1: after a reboot of gateways and devices on a slow link (the devices
+/// trigger while the gateway authenticates), the devices' triggers are answered locally
+/// once the gateway's run shows the network's offer, and their identities leave with the
+/// gateway's authentication instead of a relayed round trip.
+#[test]
+fn first_batch_with_auth_saves_a_round_trip_after_a_reboot() {
+    let run = |without: &str| {
+        let mut c = cfg(20, Scenario::RebootDevices);
+        c.mode = Mode::Optimised;
+        c.gateway_link = capillary_sim::Preset::Nbiot.link();
+        c.without = Without::parse(without).unwrap();
+        let r = sim(&c);
+        assert!(r.completed, "without {without:?}");
+        r
+    };
+    let on = run("");
+    let off = run("first-batch");
+    assert!(
+        on.gateway_link.round_trips < off.gateway_link.round_trips,
+        "{} vs {}",
+        on.gateway_link.round_trips,
+        off.gateway_link.round_trips
+    );
+    assert!(on.gateway_link.bytes < off.gateway_link.bytes);
 }

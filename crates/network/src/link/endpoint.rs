@@ -12,7 +12,7 @@ use capillary_coap::reliability::{
 };
 use capillary_coap::{Code, Message, MessageType};
 use capillary_coap_eap::trigger::is_trigger;
-use capillary_eap::server::{RejectReason, VectorInput};
+use capillary_eap::server::{Method, ReauthContext, RejectReason, VectorInput};
 use capillary_oscore::{OscoreError, RequestBinding};
 use capillary_relay::batch::{MAX_COAP_BODY, MAX_ENTRIES};
 use capillary_relay::{Batch, DecodedBatch, Entry, EntryKind, OutcomeResult};
@@ -53,6 +53,9 @@ struct Gateway {
     /// The gateway sends one-way batches (PROTOCOL.md §4.1), so it takes them too: a batch
     /// of only "authenticated" outcomes goes to it one-way.
     one_way: bool,
+    /// PROTOCOL.md §6.2: one vector per bound device, fetched when the gateway
+    /// authenticated, with the instant it stops being used; each is taken at most once.
+    prefetched: HashMap<Imsi, (AuthVector, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +105,9 @@ enum TicketKind {
     Vectors(Vec<Owner>),
     Resync(Owner),
     Authorize(Vec<AuthzItem>),
+    /// §6.2: vectors for the devices of the gateway at this address, authenticated in the
+    /// run of this generation.
+    Prefetch(SocketAddr, u64),
 }
 
 #[derive(Debug)]
@@ -175,6 +181,12 @@ pub struct LinkEndpoint {
     /// True while the entries of an authorized batch are processed (§6): their uplinks
     /// are delivered without a further check.
     preauthorized: bool,
+    /// §6.1: fast re-authentication contexts by re-authentication identity, in memory
+    /// only, with the instant they expire; each is taken out when used.
+    reauth: HashMap<String, (ReauthContext, Instant)>,
+    /// The `now` of the call being processed (for the in-memory tables and the sessions
+    /// resumed from them).
+    clock: Option<Instant>,
 }
 
 impl LinkEndpoint {
@@ -183,7 +195,7 @@ impl LinkEndpoint {
     /// switched off in `cfg.eap` (module docs).
     pub fn new(mut cfg: LinkConfig, seed: u64) -> Self {
         cfg.eap.pseudonyms = false;
-        cfg.eap.fast_reauth = false;
+        cfg.eap.fast_reauth = cfg.fast_reauth;
         cfg.max_batch_entries = cfg.max_batch_entries.clamp(1, MAX_ENTRIES);
         let gw_dedup = Dedup::new(&cfg.transmission);
         let dev_dedup = Dedup::new(&cfg.transmission);
@@ -205,11 +217,14 @@ impl LinkEndpoint {
             events: VecDeque::new(),
             stats: LinkStats::default(),
             preauthorized: false,
+            reauth: HashMap::new(),
+            clock: None,
         }
     }
 
     /// One UDP payload from `from` (a gateway's link address).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.clock = Some(now);
         let msg = match Message::parse(bytes) {
             Ok(m) if m.type_code_valid() => m,
             _ => {
@@ -296,6 +311,7 @@ impl LinkEndpoint {
     /// network-initiated batch for devices), `POST /r` and downlink retransmissions, held
     /// responses whose driver answers are late, deduplication expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
         let mut acc = Acc::default();
         let addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
         for addr in addrs {
@@ -390,6 +406,7 @@ impl LinkEndpoint {
         ticket: u64,
         vectors: Vec<Result<AuthVector, RejectReason>>,
     ) -> Result<(), LinkError> {
+        self.clock = Some(now);
         let expected = match self.tickets.get(&ticket).map(|t| &t.kind) {
             Some(TicketKind::Vectors(o)) => o.len(),
             Some(TicketKind::Resync(_)) => 1,
@@ -407,7 +424,9 @@ impl LinkEndpoint {
         let owners = match t.kind {
             TicketKind::Vectors(o) => o,
             TicketKind::Resync(o) => vec![o],
-            TicketKind::Authorize(_) => return Err(LinkError::UnknownTicket),
+            TicketKind::Authorize(_) | TicketKind::Prefetch(..) => {
+                return Err(LinkError::UnknownTicket)
+            }
         };
         let mut acc = Acc::default();
         for (owner, v) in owners.into_iter().zip(vectors) {
@@ -459,6 +478,7 @@ impl LinkEndpoint {
         ticket: u64,
         answers: Vec<Authorization>,
     ) -> Result<(), LinkError> {
+        self.clock = Some(now);
         let expected = match self.tickets.get(&ticket).map(|t| &t.kind) {
             Some(TicketKind::Authorize(items)) => items.len(),
             _ => return Err(LinkError::UnknownTicket),
@@ -539,6 +559,42 @@ impl LinkEndpoint {
         Ok(())
     }
 
+    /// Answer to [`LinkEvent::PrefetchVectors`] (§6.2): one fresh vector per device bound
+    /// to the gateway, leaving out devices the store refused. Each is kept for
+    /// [`LinkConfig::prefetch_lifetime`] and handed out at most once, to a run of that
+    /// device through that gateway; all are dropped when the gateway's link context goes
+    /// or it authenticates again. Answers for a gateway that is gone are dropped.
+    pub fn provide_prefetch(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        vectors: Vec<(Imsi, AuthVector)>,
+    ) -> Result<(), LinkError> {
+        self.clock = Some(now);
+        let Some(TicketKind::Prefetch(addr, generation)) =
+            self.tickets.get(&ticket).map(|t| &t.kind)
+        else {
+            return Err(LinkError::UnknownTicket);
+        };
+        let (addr, generation) = (*addr, *generation);
+        self.tickets.remove(&ticket);
+        let until = now.checked_add(self.cfg.prefetch_lifetime).unwrap_or(now);
+        let Some(gw) = self.gateways.get_mut(&addr) else {
+            return Ok(());
+        };
+        if gw.session.generation != generation || gw.session.keys.is_none() {
+            return Ok(());
+        }
+        let n = vectors.len().min(self.cfg.prefetch_max_devices);
+        self.stats.prefetched += n as u64;
+        gw.prefetched = vectors
+            .into_iter()
+            .take(n)
+            .map(|(i, v)| (i, (v, until)))
+            .collect();
+        Ok(())
+    }
+
     /// Sends `payload` to an authenticated device: an OSCORE-protected CON `POST d`
     /// relayed through its gateway (retransmitted until the device's protected 2.04).
     pub fn queue_downlink(
@@ -547,6 +603,7 @@ impl LinkEndpoint {
         device: &Imsi,
         payload: &[u8],
     ) -> Result<(), LinkError> {
+        self.clock = Some(now);
         if payload.len() > MAX_DOWNLINK {
             return Err(LinkError::TooLarge);
         }
@@ -600,6 +657,7 @@ impl LinkEndpoint {
                     pending_since: None,
                     held: 0,
                     one_way: false,
+                    prefetched: HashMap::new(),
                 };
                 self.gateways.insert(from, gw);
             }
@@ -647,14 +705,29 @@ impl LinkEndpoint {
 
     fn gw_protected_request(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
         let mid = msg.message_id;
-        let res = match self
-            .gateways
-            .get_mut(&from)
-            .and_then(|g| g.session.keys.as_mut())
-        {
-            Some(k) => k.ctx.unprotect_request(msg),
-            None => Err(OscoreError::UnknownKid),
+        let (res, by_new_keys) = match self.gateways.get_mut(&from) {
+            Some(g) => Self::unprotect_device_request(&mut g.session, msg),
+            None => (Err(OscoreError::UnknownKid), false),
         };
+        if by_new_keys && res.is_ok() {
+            // PROTOCOL.md §4.1: a `POST /r` under the gateway's new context that overtook
+            // its protected 2.04 to EAP-Success proves key possession (RFC 9820 §3.3), as
+            // for devices: confirm the run, then serve the request.
+            let mut p = Pumped::default();
+            let mut confirmed = false;
+            if let Some(g) = self.gateways.get_mut(&from) {
+                g.session.confirm_by_request(now);
+                g.session.pump(now, &mut self.rng, &self.cfg, &mut p);
+                confirmed = g.session.new_keys.is_none() && g.session.keys.is_some();
+            }
+            let mut acc = Acc::default();
+            self.route_gateway(from, p, &mut acc);
+            self.emit_tickets(acc, None);
+            if !confirmed {
+                count(&mut self.stats.dropped, DropCause::NoContext);
+                return;
+            }
+        }
         match res {
             Ok((inner, binding)) => match self.gw_dedup.check_typed(now, &from, mid, msg.ty) {
                 DedupResult::New => self.gw_request(now, from, msg, &inner, binding),
@@ -1691,7 +1764,8 @@ impl LinkEndpoint {
         }
     }
 
-    fn route_gateway(&mut self, addr: SocketAddr, p: Pumped, acc: &mut Acc) {
+    fn route_gateway(&mut self, addr: SocketAddr, mut p: Pumped, acc: &mut Acc) {
+        self.keep_reauth(&mut p);
         for b in p.out {
             self.transmits.push_back((addr, b));
         }
@@ -1700,17 +1774,32 @@ impl LinkEndpoint {
         };
         let generation = gw.session.generation;
         let imsi = gw.session.imsi.clone();
+        let fast = gw.session.last_method == Some(Method::FastReauth);
+        let mut again = None;
         for need in p.needs {
             let owner = Owner::Gateway(addr, generation);
             match need {
                 Need::Vector(i) => acc.vectors.push((i, SubscriberKind::Gateway, owner)),
                 Need::Resync(i, rand, auts) => acc.resyncs.push((owner, i, rand, auts)),
+                Need::Reauth(id) => {
+                    let rec = self.take_reauth(&id);
+                    if let (Some(gw), Some(now)) = (self.gateways.get_mut(&addr), self.clock) {
+                        let mut q = Pumped::default();
+                        gw.session.provide_reauth(rec, &mut self.rng);
+                        gw.session.pump(now, &mut self.rng, &self.cfg, &mut q);
+                        again = Some(q);
+                    }
+                }
             }
         }
         for f in p.finished {
             match f {
                 Finish::Authenticated(_) => {
                     self.stats.authenticated += 1;
+                    if fast {
+                        self.stats.fast_reauths += 1;
+                    }
+                    self.start_prefetch(addr, imsi.clone());
                     if let Some(imsi) = imsi.clone() {
                         self.events.push_back(LinkEvent::Authenticated {
                             imsi,
@@ -1730,20 +1819,142 @@ impl LinkEndpoint {
                 Finish::Expired => {}
             }
         }
+        if let Some(q) = again {
+            self.route_gateway(addr, q, acc);
+        }
     }
 
-    fn route_device(&mut self, key: DevKey, p: Pumped, acc: &mut Acc) {
+    /// §6.2: a gateway authenticated (its new link context is confirmed): the vectors
+    /// prefetched for its previous context are dropped and, when
+    /// [`LinkConfig::prefetch_vectors`] is on, new ones are asked for (one store round trip)
+    /// for its bound devices, except those holding a fast re-authentication context.
+    fn start_prefetch(&mut self, addr: SocketAddr, imsi: Option<Imsi>) {
+        let Some(gw) = self.gateways.get_mut(&addr) else {
+            return;
+        };
+        gw.prefetched.clear();
+        let (Some(gateway), true) = (imsi, self.cfg.prefetch_vectors) else {
+            return;
+        };
+        let generation = gw.session.generation;
+        let now = self.clock;
+        let mut skip: Vec<Imsi> = self
+            .reauth
+            .values()
+            .filter(|(_, until)| now.is_some_and(|n| n < *until))
+            .map(|(r, _)| r.imsi.clone())
+            .collect();
+        skip.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        skip.dedup();
+        let ticket = self.ticket();
+        self.tickets.insert(
+            ticket,
+            Ticket {
+                batches: Vec::new(),
+                kind: TicketKind::Prefetch(addr, generation),
+            },
+        );
+        self.stats.store_round_trips += 1;
+        self.events.push_back(LinkEvent::PrefetchVectors {
+            ticket,
+            gateway,
+            skip,
+            limit: self.cfg.prefetch_max_devices,
+        });
+    }
+
+    /// §6.1: keeps the fast re-authentication contexts a session handed out and forgets
+    /// the used ones (memory only, before the message carrying the identity leaves).
+    fn keep_reauth(&mut self, p: &mut Pumped) {
+        for id in p.forget.drain(..) {
+            self.reauth.remove(&id);
+        }
+        let persist = std::mem::take(&mut p.persist);
+        let (Some(now), true) = (self.clock, self.cfg.fast_reauth) else {
+            return;
+        };
+        let life = std::time::Duration::from_secs(self.cfg.eap.reauth_lifetime_secs);
+        let until = now.checked_add(life).unwrap_or(now);
+        for (id, rec) in persist {
+            if self.reauth.len() >= self.cfg.max_reauth_contexts.max(1) {
+                self.reauth.retain(|_, (_, t)| now < *t);
+            }
+            if self.reauth.len() >= self.cfg.max_reauth_contexts.max(1) {
+                let oldest = self
+                    .reauth
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.reauth.remove(&k);
+                }
+            }
+            self.reauth.insert(id, (rec, until));
+        }
+    }
+
+    /// §6.1: the context of a re-authentication identity, taken out of memory (a context
+    /// is used once; its successor is handed out with AT_NEXT_REAUTH_ID). `None` when
+    /// unknown or expired: the peer then runs a full authentication.
+    fn take_reauth(&mut self, id: &str) -> Option<ReauthContext> {
+        let (rec, until) = self.reauth.remove(id)?;
+        let now = self.clock?;
+        (self.cfg.fast_reauth && now < until).then_some(rec)
+    }
+
+    /// §6.2: a vector prefetched for `device` behind the gateway at `addr`, taken out (never
+    /// handed out twice), if one is still fresh.
+    fn take_prefetched(&mut self, addr: SocketAddr, device: &Imsi) -> Option<AuthVector> {
+        let now = self.clock?;
+        let gw = self.gateways.get_mut(&addr)?;
+        let (v, until) = gw.prefetched.remove(device)?;
+        (now < until).then_some(v)
+    }
+
+    fn route_device(&mut self, key: DevKey, mut p: Pumped, acc: &mut Acc) {
+        self.keep_reauth(&mut p);
         for b in p.out {
             self.push_entry(key, b);
         }
         let gw_imsi = self.gateway_imsi(key.0);
         let mut remove = false;
+        let mut again = None;
         for need in p.needs {
+            if let Need::Reauth(id) = need {
+                let rec = self.take_reauth(&id);
+                if let (Some(s), Some(now)) = (self.devices.get_mut(&key), self.clock) {
+                    let mut q = Pumped::default();
+                    s.provide_reauth(rec, &mut self.rng);
+                    s.pump(now, &mut self.rng, &self.cfg, &mut q);
+                    again = Some(q);
+                }
+                continue;
+            }
+            if let Need::Vector(imsi) = &need {
+                if let Some(v) = self.take_prefetched(key.0, imsi) {
+                    // §6.2: the identity step uses the vector and authorization fetched
+                    // with the prefetch; the next batch of the run is authorized from the
+                    // store before EAP-Success (§6).
+                    self.stats.prefetch_hits += 1;
+                    if let (Some(s), Some(now)) = (self.devices.get_mut(&key), self.clock) {
+                        if let Some(w) = s.wait.as_mut() {
+                            w.vector = Some(Ok(VectorInput::from(v)));
+                        }
+                        let mut q = Pumped::default();
+                        let denial = s.try_continue(&mut self.rng);
+                        s.pump(now, &mut self.rng, &self.cfg, &mut q);
+                        self.audit_denial(key, denial);
+                        again = Some(q);
+                    }
+                    continue;
+                }
+            }
             let Some(s) = self.devices.get_mut(&key) else {
                 break;
             };
             let owner = Owner::Device(key, s.generation);
             match need {
+                Need::Reauth(_) => {}
                 Need::Vector(imsi) => {
                     acc.vectors
                         .push((imsi.clone(), SubscriberKind::Device, owner));
@@ -1770,6 +1981,9 @@ impl LinkEndpoint {
                         continue;
                     };
                     self.stats.authenticated += 1;
+                    if s.last_method == Some(Method::FastReauth) {
+                        self.stats.fast_reauths += 1;
+                    }
                     if let Some(old) = self.by_imsi.insert(imsi.clone(), key) {
                         if old != key {
                             self.devices.remove(&old);
@@ -1824,6 +2038,9 @@ impl LinkEndpoint {
             if self.devices.get(&key).is_some_and(|s| s.keys.is_none()) {
                 self.remove_device(key);
             }
+        }
+        if let Some(q) = again {
+            self.route_device(key, q, acc);
         }
     }
 

@@ -51,13 +51,20 @@
 //!   barred or unknown is forgotten: its devices end that way, the batch's `2.04` carrying
 //!   their refusals is the last message under its link context, later requests get an
 //!   unprotected 4.01 and it relays nothing until it authenticates again.
+//! - **Store-side optimisations** (PROTOCOL.md §6.1, §6.2): devices' fast
+//!   re-authentication with the contexts in memory ([`LinkConfig::fast_reauth`]: no vector,
+//!   no SQN, no store write), and one vector per bound device fetched when a gateway
+//!   authenticates ([`LinkEvent::PrefetchVectors`], [`LinkEndpoint::provide_prefetch`]), so
+//!   the identity step of an attach needs no store round trip. Either way the batch that
+//!   carries the device's answer is authorized from the store before EAP-Success (§6).
 //! - Replayed or tampered messages on either OSCORE layer are dropped and counted
 //!   ([`LinkStats::dropped`]); no input bytes can make it panic.
 //!
 //! Deliberately not done in this version (see the contract's "Scope"):
-//! - Pseudonyms and fast re-authentication: [`LinkEndpoint::new`] turns both off in the EAP
-//!   server configuration, because the endpoint has no event yet to persist the identities
-//!   they hand out (an identity must be durable before the message that carries it leaves).
+//! - Pseudonyms: [`LinkEndpoint::new`] turns them off in the EAP server configuration,
+//!   because the endpoint has no event to persist the identities they hand out (an identity
+//!   must be durable before the message that carries it leaves). Fast re-authentication
+//!   ([`LinkConfig::fast_reauth`]) keeps its contexts in memory only (PROTOCOL.md §6.1).
 //! - The Sender Sequence Numbers of the contexts are volatile (RFC 8613 Appendix B.2: every
 //!   context is derived afresh from a new MSK).
 
@@ -78,8 +85,10 @@ pub use endpoint::LinkEndpoint;
 /// Configuration of the [`LinkEndpoint`].
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// EAP-AKA' server settings (network name, result indication). `pseudonyms` and
-    /// `fast_reauth` are forced off (see the module docs).
+    /// EAP-AKA' server settings (network name, result indication, `max_reauth`,
+    /// `reauth_lifetime_secs`: how long a fast re-authentication context is kept).
+    /// `pseudonyms` is forced off and `fast_reauth` follows [`Self::fast_reauth`] (see the
+    /// module docs).
     pub eap: ServerConfig,
     /// Session-Lifetime sent with EAP-Success to devices and gateways (RFC 9820 §5.1), also
     /// reported in `kind 1` outcome entries.
@@ -121,6 +130,26 @@ pub struct LinkConfig {
     /// device's EAP-Response/Identity. When `false`, `kind 3` entries are refused with
     /// `kind 1, result 1`. Default `true`.
     pub accept_local_identity: bool,
+    /// PROTOCOL.md §6.1: EAP-AKA' fast re-authentication (RFC 9048 §3.4, RFC 4187 §5) with
+    /// the re-authentication contexts kept in this endpoint's memory only (at most
+    /// [`Self::max_reauth_contexts`], each for `eap.reauth_lifetime_secs`, each usable once:
+    /// the next one is handed out with AT_NEXT_REAUTH_ID). A device that runs CoAP-EAP again
+    /// while its context is held needs no vector, no SQN and no store write. A lost context
+    /// only makes the device run a full authentication. Default `true`.
+    pub fast_reauth: bool,
+    /// Most fast re-authentication contexts kept (beyond it, expired ones are dropped, then
+    /// the oldest).
+    pub max_reauth_contexts: usize,
+    /// PROTOCOL.md §6.2: when a gateway authenticates, ask the store once
+    /// ([`LinkEvent::PrefetchVectors`]) for one fresh vector per device bound to it, kept in
+    /// memory for [`Self::prefetch_lifetime`] and dropped with the gateway's link context;
+    /// each is handed out at most once, to a run of that device through that gateway, which
+    /// then needs no store round trip for its identity. Default `true`.
+    pub prefetch_vectors: bool,
+    /// How long a prefetched vector is used. Default 10 min.
+    pub prefetch_lifetime: Duration,
+    /// Most devices one prefetch asks for. Default 10,000.
+    pub prefetch_max_devices: usize,
 }
 
 impl Default for LinkConfig {
@@ -128,7 +157,7 @@ impl Default for LinkConfig {
         Self {
             eap: ServerConfig {
                 pseudonyms: false,
-                fast_reauth: false,
+                fast_reauth: true,
                 ..ServerConfig::default()
             },
             session_lifetime_secs: 24 * 3600,
@@ -142,6 +171,11 @@ impl Default for LinkConfig {
             max_gateways: 1024,
             max_devices: 100_000,
             accept_local_identity: true,
+            fast_reauth: true,
+            max_reauth_contexts: 100_000,
+            prefetch_vectors: true,
+            prefetch_lifetime: Duration::from_secs(600),
+            prefetch_max_devices: 10_000,
         }
     }
 }
@@ -183,6 +217,21 @@ pub enum LinkEvent {
         rand: Rand,
         /// AUTS from the peer.
         auts: Auts,
+    },
+    /// PROTOCOL.md §6.2: a gateway authenticated. Fetch, in one store round trip, one fresh
+    /// vector (kind `Device`) for each device bound to `gateway` (at most `limit`, skipping
+    /// `skip`: devices that hold a fast re-authentication context here), leaving out
+    /// devices that are barred or unknown, then call [`LinkEndpoint::provide_prefetch`]
+    /// with `ticket` (an empty answer is fine). Nothing waits for it.
+    PrefetchVectors {
+        /// Answer with this.
+        ticket: u64,
+        /// The gateway that authenticated.
+        gateway: Imsi,
+        /// Devices not to fetch a vector for.
+        skip: Vec<Imsi>,
+        /// Most devices to fetch for.
+        limit: usize,
     },
     /// Check each `(device, gateway)` pair (§6), then call
     /// [`LinkEndpoint::provide_authorization`] with one answer per pair, in order.
@@ -316,8 +365,15 @@ pub struct LinkStats {
     /// Completed `POST /r` round trips (answered gateway requests plus answered
     /// network-initiated requests).
     pub round_trips: u64,
-    /// Store round trips asked for: number of NeedVectors, NeedResync and Authorize events.
+    /// Store round trips asked for: number of NeedVectors, NeedResync, Authorize and
+    /// PrefetchVectors events.
     pub store_round_trips: u64,
+    /// Device runs that used a prefetched vector (no store round trip for the identity).
+    pub prefetch_hits: u64,
+    /// Prefetched vectors received.
+    pub prefetched: u64,
+    /// Authentications (devices and gateways) that were fast re-authentications.
+    pub fast_reauths: u64,
     /// Authentications that succeeded (devices and gateways).
     pub authenticated: u64,
     /// Duplicate requests answered from the cache (or ignored while being processed), and

@@ -10,7 +10,9 @@ use capillary_coap_eap::{
     AuthEvent, AuthFailure, AuthenticatorConfig, CoapEapAuthenticator, OscoreMaterial,
 };
 use capillary_eap::eap;
-use capillary_eap::server::{EapAkaServer, FailureReason, RejectReason, ServerEvent, VectorInput};
+use capillary_eap::server::{
+    EapAkaServer, FailureReason, Method, ReauthContext, RejectReason, ServerEvent, VectorInput,
+};
 use capillary_oscore::{ContextParams, RequestBinding, SecurityContext};
 use capillary_secrets::{Auts, Emsk, Imsi, Msk, Rand};
 use capillary_store::AuditEvent;
@@ -66,6 +68,9 @@ pub(crate) struct StoreWait {
 pub(crate) enum Need {
     Vector(Imsi),
     Resync(Imsi, Rand, Auts),
+    /// Look up this fast re-authentication identity in the endpoint's memory (RFC 4187 §5;
+    /// no store access), then call [`Session::provide_reauth`].
+    Reauth(String),
 }
 
 /// The end of an authentication.
@@ -83,6 +88,11 @@ pub(crate) struct Pumped {
     pub out: Vec<Vec<u8>>,
     pub needs: Vec<Need>,
     pub finished: Vec<Finish>,
+    /// Fast re-authentication contexts to keep in memory (RFC 4187 §5.1, AT_NEXT_REAUTH_ID):
+    /// kept before the message carrying the identity leaves.
+    pub persist: Vec<(String, ReauthContext)>,
+    /// Fast re-authentication identities to forget (used, or over the counter limit).
+    pub forget: Vec<String>,
 }
 
 /// Downlink requests of a device (network → device CON `POST d`).
@@ -122,6 +132,13 @@ pub(crate) struct Session {
     /// Identifier of the last EAP-Response received (the EAP-Failure echoes it, RFC 3748
     /// §4.2).
     last_response_id: Option<u8>,
+    /// The run in progress is a fast re-authentication (RFC 4187 §5): no vector, no SQN.
+    pub fast_reauth: bool,
+    /// Method of the last successful run (full or fast re-authentication).
+    pub last_method: Option<Method>,
+    /// A device session (relayed); a gateway's own runs are always full authentications,
+    /// whose vector request is its authorization check (PROTOCOL.md §6).
+    relayed: bool,
 }
 
 impl Session {
@@ -157,6 +174,9 @@ impl Session {
             },
             refused: false,
             last_response_id: None,
+            fast_reauth: false,
+            last_method: None,
+            relayed,
         }
     }
 
@@ -167,10 +187,10 @@ impl Session {
         // Random, not a counter: a session re-created under the same key must not accept
         // answers meant for its predecessor.
         self.generation = rng.gen();
-        self.server = Some(EapAkaServer::new(
-            cfg.eap.clone(),
-            identity_id.wrapping_add(1),
-        ));
+        let mut eap = cfg.eap.clone();
+        // PROTOCOL.md §6.1: fast re-authentication for devices only.
+        eap.fast_reauth &= self.relayed;
+        self.server = Some(EapAkaServer::new(eap, identity_id.wrapping_add(1)));
         self.imsi = None;
         self.wait = None;
         self.pending_secrets = None;
@@ -179,6 +199,22 @@ impl Session {
         self.eap_failure = None;
         self.refused = false;
         self.last_response_id = None;
+        self.fast_reauth = false;
+    }
+
+    /// Answer to [`Need::Reauth`]: the context kept in memory for the identity, or `None`
+    /// (unknown, expired or already used: the EAP server asks for a full-authentication
+    /// identity, RFC 4187 §5.1). The run's identity is the context's subscriber from now
+    /// on, so the next batch of this device is authorized from the store (PROTOCOL.md §6)
+    /// before EAP-Success. Call [`Session::pump`] next.
+    pub fn provide_reauth(&mut self, rec: Option<ReauthContext>, rng: &mut StdRng) {
+        if let Some(r) = &rec {
+            self.imsi = Some(r.imsi.clone());
+            self.fast_reauth = true;
+        }
+        if let Some(s) = self.server.as_mut() {
+            s.provide_reauth(rec, rng);
+        }
     }
 
     /// PROTOCOL.md §5 (`kind 3`): the gateway sent the device `request` (EAP-Request/Identity
@@ -398,6 +434,8 @@ impl Session {
                 let _ = self.auth.send_eap_request(now, &req);
             }
             ServerEvent::NeedVector { imsi } => {
+                // Also after a re-authentication context over its counter limit: a full run.
+                self.fast_reauth = false;
                 self.imsi = Some(imsi.clone());
                 self.wait = Some(StoreWait::default());
                 p.needs.push(Need::Vector(imsi));
@@ -407,19 +445,24 @@ impl Session {
                 self.wait = Some(StoreWait::default());
                 p.needs.push(Need::Resync(imsi, rand, auts));
             }
-            // Pseudonyms and fast re-authentication are off (module docs): nothing is
-            // ever stored, so nothing resolves.
+            // Pseudonyms are off (module docs): nothing is ever stored, so nothing resolves.
             ServerEvent::ResolvePseudonym { .. } => {
                 if let Some(s) = self.server.as_mut() {
                     s.provide_pseudonym(None, rng);
                 }
             }
-            ServerEvent::ResolveReauth { .. } => {
-                if let Some(s) = self.server.as_mut() {
-                    s.provide_reauth(None, rng);
-                }
-            }
-            ServerEvent::Success { eap, msk, emsk, .. } => {
+            // Fast re-authentication: the context lives in the endpoint's memory only.
+            ServerEvent::ResolveReauth { reauth_id } => p.needs.push(Need::Reauth(reauth_id)),
+            ServerEvent::PersistReauth { reauth_id, rec, .. } => p.persist.push((reauth_id, rec)),
+            ServerEvent::ForgetReauth { reauth_id } => p.forget.push(reauth_id),
+            ServerEvent::Success {
+                eap,
+                msk,
+                emsk,
+                method,
+                ..
+            } => {
+                self.last_method = Some(method);
                 // KeysReady is queued by send_eap_success and handled after this event, so
                 // the secrets are in place by then.
                 if self.auth.send_eap_success(now, &eap, &msk).is_ok() {
@@ -439,8 +482,8 @@ impl Session {
                 }
                 let _ = self.auth.send_eap_failure(now, &eap);
             }
-            // PersistPseudonym / PersistReauth / ForgetReauth cannot occur (both features
-            // are off); Discarded leaves the state unchanged.
+            // PersistPseudonym cannot occur (pseudonyms are off); Discarded leaves the
+            // state unchanged.
             _ => {}
         }
     }

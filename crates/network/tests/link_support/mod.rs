@@ -173,7 +173,9 @@ impl Peer {
                     self.out.push_back(p.encode().unwrap());
                 }
                 PeerEvent::EapRequest(req) => {
-                    let challenge = req.get(4) == Some(&50) && req.get(5) == Some(&1);
+                    // AKA'-Challenge or AKA'-Reauthentication (RFC 4187 §11: subtypes 1, 13).
+                    let challenge =
+                        req.get(4) == Some(&50) && matches!(req.get(5), Some(&1) | Some(&13));
                     self.aka.handle_request(&req, &mut self.rng);
                     self.drain_aka(now);
                     if challenge {
@@ -336,6 +338,8 @@ pub struct World {
     pub log: Vec<LinkEvent>,
     pub need_vectors: usize,
     pub authorize: usize,
+    /// PrefetchVectors events (PROTOCOL.md §6.2).
+    pub prefetches: usize,
     rng: StdRng,
     /// Answer the store's events only when this is true.
     pub store_online: bool,
@@ -370,6 +374,7 @@ impl World {
             log: Vec::new(),
             need_vectors: 0,
             authorize: 0,
+            prefetches: 0,
             rng: StdRng::seed_from_u64(seed ^ 0xaa),
             store_online: true,
             parked: Vec::new(),
@@ -453,6 +458,33 @@ impl World {
                 let v = requests.iter().map(|(i, k)| self.vector(i, *k)).collect();
                 self.net.provide_vectors(self.now, *ticket, v).unwrap();
             }
+            LinkEvent::PrefetchVectors {
+                ticket,
+                gateway,
+                skip,
+                limit,
+            } => {
+                let mut bound: Vec<String> = self
+                    .subs
+                    .iter()
+                    .filter(|(i, s)| {
+                        s.gateways.iter().any(|g| g == gateway.as_str())
+                            && !skip.iter().any(|k| k.as_str() == i.as_str())
+                    })
+                    .map(|(i, _)| i.clone())
+                    .collect();
+                bound.sort();
+                bound.truncate(*limit);
+                let v = bound
+                    .into_iter()
+                    .filter_map(|i| {
+                        let imsi = Imsi::new(&i).unwrap();
+                        let v = self.vector(&imsi, SubscriberKind::Device).ok()?;
+                        Some((imsi, v))
+                    })
+                    .collect();
+                self.net.provide_prefetch(self.now, *ticket, v).unwrap();
+            }
             LinkEvent::Authorize { ticket, pairs } => {
                 let a = pairs
                     .iter()
@@ -500,13 +532,16 @@ impl World {
             match &ev {
                 LinkEvent::NeedVectors { .. } => self.need_vectors += 1,
                 LinkEvent::Authorize { .. } => self.authorize += 1,
+                LinkEvent::PrefetchVectors { .. } => self.prefetches += 1,
                 _ => {}
             }
             if self.store_online {
                 self.answer(&ev);
             } else if matches!(
                 ev,
-                LinkEvent::NeedVectors { .. } | LinkEvent::Authorize { .. }
+                LinkEvent::NeedVectors { .. }
+                    | LinkEvent::Authorize { .. }
+                    | LinkEvent::PrefetchVectors { .. }
             ) {
                 self.parked.push(ev);
                 continue;
