@@ -881,6 +881,18 @@ impl Sim {
         link_cfg.max_devices = link_cfg.max_devices.max(total as usize);
         let mut opts = GatewayOptions::default();
         opts.link.ack_timeout = ack;
+        // NSTART scaled to the link the same way (RFC 7252 §4.7 lets the application
+        // environment raise it): as many full batches outstanding as the link serializes
+        // in half an ACK_TIMEOUT, between 1 and 32. A wave of 10,000 devices is about 20
+        // datagrams per step; on broadband they all go at once (one round trip), on NB-IoT
+        // one at a time (a burst would only trigger retransmissions).
+        let nstart = if full.is_zero() {
+            32
+        } else {
+            ((ack / 2).as_nanos() / full.as_nanos()).clamp(1, 32) as usize
+        };
+        opts.link.nstart = nstart;
+        link_cfg.transmission.nstart = nstart;
         let mut batcher = BatcherConfig::default();
         apply_mode(
             cfg.mode,
