@@ -134,6 +134,9 @@ pub struct Device {
     next_uplink_id: u64,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<DeviceEvent>,
+    /// An unprotected 4.01 answered an uplink under the current context: the network has no
+    /// context for this device (RFC 8613 §8.2), so it authenticates again at once.
+    context_lost: bool,
 }
 
 impl fmt::Debug for Device {
@@ -202,6 +205,7 @@ impl Device {
             next_uplink_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            context_lost: false,
         }
     }
 
@@ -255,6 +259,12 @@ impl Device {
                 }
             }
             _ => self.on_separate_response(now, &msg),
+        }
+        if std::mem::take(&mut self.context_lost) && self.coap_eap.is_authenticated() {
+            // RFC 8613 §8.2 "Security context not found" (e.g. the network no longer knows
+            // this device after its gateway restarted, docs/PROTOCOL.md §4): the current
+            // context stays usable until a new one is confirmed (RFC 9820 §3.4).
+            self.start(now);
         }
         self.pump(now);
         self.gc_previous();
@@ -683,6 +693,11 @@ impl Device {
             // An unprotected 2.xx cannot come from the network's OSCORE endpoint.
             None
         } else {
+            if msg.code == Code::UNAUTHORIZED
+                && self.current.as_ref().map(|s| s.generation) == Some(f.generation)
+            {
+                self.context_lost = true;
+            }
             Some(Some(DeviceError::Rejected(msg.code)))
         };
         match outcome {

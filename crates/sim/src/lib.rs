@@ -1169,13 +1169,21 @@ impl Sim {
         let mut authed = false;
         let mut failed = false;
         let mut uplink_failed = false;
+        let mut self_restarted = false;
         while let Some(ev) = self.devices[i as usize].poll_event() {
             match ev {
                 DeviceEvent::Authenticated { .. } => authed = true,
                 DeviceEvent::UplinkAcked { .. } => self.c.acked += 1,
-                DeviceEvent::UplinkFailed { .. } => {
+                DeviceEvent::UplinkFailed { reason, .. } => {
                     self.c.uplink_failed += 1;
                     uplink_failed = true;
+                    // "Security context not found" (RFC 8613 §8.2): the device starts a
+                    // new authentication by itself.
+                    self_restarted |= matches!(
+                        reason,
+                        capillary_device::DeviceError::Rejected(c)
+                            if c == capillary_coap::Code::UNAUTHORIZED
+                    );
                 }
                 DeviceEvent::Failed(_) => failed = true,
                 _ => {}
@@ -1226,7 +1234,9 @@ impl Sim {
                 st.want_uplink = true;
                 if !st.reauthenticating {
                     st.reauthenticating = true;
-                    self.devices[i as usize].start(now);
+                    if !self_restarted {
+                        self.devices[i as usize].start(now);
+                    }
                 }
             }
         }

@@ -331,6 +331,12 @@ pub struct LinkStats {
     pub one_way_out: u64,
     /// `kind 3` entries that started a device run (PROTOCOL.md §5).
     pub local_identities: u64,
+    /// Device sessions whose handle was voided because their gateway authenticated from
+    /// scratch (PROTOCOL.md §4 "Gateway restart").
+    pub handles_voided: u64,
+    /// Orphaned device contexts bound to a new handle by the kid of a request that
+    /// verified under them (PROTOCOL.md §4 "Gateway restart").
+    pub rebound: u64,
     /// Failed authentications by cause.
     pub failures: BTreeMap<FailureCause, u64>,
     /// Dropped inputs by cause.
