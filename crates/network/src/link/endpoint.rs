@@ -24,8 +24,7 @@ use rand::{Rng, SeedableRng};
 use super::session::{Finish, Need, Pumped, Session};
 use super::{DropCause, FailureCause, LinkAudit, LinkConfig, LinkError, LinkEvent, LinkStats};
 
-/// A device is known by the gateway it came through and the gateway's handle (§4).
-type DevKey = (SocketAddr, u32);
+use super::timers::{DevKey, Sessions};
 
 /// Largest batch payload the network sends: 64 KiB (§4) less room for CoAP and OSCORE
 /// headers, so that the protected message still fits one UDP datagram.
@@ -161,7 +160,7 @@ pub struct LinkEndpoint {
     cfg: LinkConfig,
     rng: StdRng,
     gateways: HashMap<SocketAddr, Gateway>,
-    devices: HashMap<DevKey, Session>,
+    devices: Sessions,
     by_imsi: HashMap<Imsi, DevKey>,
     /// PROTOCOL.md §4 "Gateway restart": authenticated device sessions whose handle was
     /// voided, by (gateway, kid = the device's Sender ID), until an OSCORE-protected
@@ -200,7 +199,7 @@ impl LinkEndpoint {
             cfg,
             rng: StdRng::seed_from_u64(seed),
             gateways: HashMap::new(),
-            devices: HashMap::new(),
+            devices: Sessions::default(),
             by_imsi: HashMap::new(),
             orphans: HashMap::new(),
             tickets: HashMap::new(),
@@ -282,10 +281,7 @@ impl LinkEndpoint {
             .gateways
             .values()
             .flat_map(|g| [g.session.auth.poll_timeout(), g.outbox.poll_timeout()]);
-        let devs = self
-            .devices
-            .values()
-            .flat_map(|s| [s.auth.poll_timeout(), s.downlink.outbox.poll_timeout()]);
+        let devs = [self.devices.next_deadline()];
         let held = self.held.values().map(|h| Some(h.deadline));
         let window = self.cfg.batch_window;
         let batches = self.gateways.values().map(|g| {
@@ -307,7 +303,8 @@ impl LinkEndpoint {
     /// responses whose driver answers are late, deduplication expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut acc = Acc::default();
-        let addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        let mut addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        addrs.sort_unstable();
         for addr in addrs {
             let mut p = Pumped::default();
             let mut resend = Vec::new();
@@ -330,8 +327,8 @@ impl LinkEndpoint {
             }
             self.route_gateway(addr, p, &mut acc);
         }
-        let keys: Vec<DevKey> = self.devices.keys().copied().collect();
-        for key in keys {
+        // Only the sessions whose timer is due, in deadline order (deterministic).
+        for key in self.devices.due(now) {
             let mut p = Pumped::default();
             let mut relay = Vec::new();
             let mut failed = 0;
@@ -1096,7 +1093,15 @@ impl LinkEndpoint {
     fn flush(&mut self, now: Instant) {
         let max = self.cfg.max_batch_entries;
         let window = self.cfg.batch_window;
-        for (addr, gw) in self.gateways.iter_mut() {
+        // The timer index follows every session touched by the call that flushes.
+        self.devices.refresh();
+        // In address order: the RNG draws (retransmission jitter) are deterministic.
+        let mut addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        addrs.sort_unstable();
+        for addr in addrs {
+            let Some(gw) = self.gateways.get_mut(&addr) else {
+                continue;
+            };
             if gw.pending.is_empty() {
                 gw.pending_since = None;
                 continue;
@@ -1145,7 +1150,7 @@ impl LinkEndpoint {
                     self.stats.one_way_out += 1;
                     self.stats.batches_out += 1;
                     self.stats.entries_out += n;
-                    self.transmits.push_back((*addr, bytes));
+                    self.transmits.push_back((addr, bytes));
                 }
                 continue;
             }
@@ -1163,7 +1168,7 @@ impl LinkEndpoint {
             gw.out_requests.insert(mid, (token, binding));
             self.stats.batches_out += 1;
             self.stats.entries_out += n;
-            self.transmits.push_back((*addr, bytes));
+            self.transmits.push_back((addr, bytes));
         }
     }
 

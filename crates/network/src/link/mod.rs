@@ -63,6 +63,7 @@
 
 mod endpoint;
 mod session;
+mod timers;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
