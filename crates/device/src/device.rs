@@ -174,13 +174,16 @@ impl Device {
         });
         let first_mid = (rng.next_u32() & 0xffff) as u16;
         let resource_seed = rng.next_u32() & 0x00ff_ffff;
-        let coap_eap =
-            CoapEapPeer::new(PeerConfig::new(cfg.rid_i.clone(), resource_seed, first_mid));
+        let mut pcfg = PeerConfig::new(cfg.rid_i.clone(), resource_seed, first_mid);
+        pcfg.trigger_interval = cfg.trigger_interval;
+        pcfg.max_triggers = cfg.max_triggers;
+        pcfg.exchange_timeout = cfg.exchange_timeout;
+        let coap_eap = CoapEapPeer::new(pcfg);
         // Own requests use the other half of the Message ID space from the CoAP-EAP peer's
         // responses and triggers (RFC 7252 §4.4: one ID space per endpoint pair).
         let mids = MessageIdAllocator::new(first_mid.wrapping_add(0x8000));
         let tokens = TokenAllocator::new(8, rng.next_u64());
-        let params = TransmissionParams::default();
+        let params = cfg.transmission;
         Self {
             rng,
             usim,
