@@ -718,8 +718,9 @@ impl LinkEndpoint {
         inner: &Message,
         binding: RequestBinding,
     ) {
+        // Only the type, Message ID and token are needed to answer: not the whole batch.
         let respond = RespondTo {
-            request: outer.clone(),
+            request: Message::new(outer.ty, outer.code, outer.message_id, outer.token.clone()),
             binding,
         };
         if inner.code != Code::POST || inner.uri_path() != ["r"] {
@@ -1393,7 +1394,7 @@ impl LinkEndpoint {
         self.push_entry(key, bytes);
     }
 
-    fn finish_uplink(&mut self, u: PendingUplink, denial: Option<AuditEvent>) {
+    fn finish_uplink(&mut self, mut u: PendingUplink, denial: Option<AuditEvent>) {
         let current = self
             .devices
             .get(&u.key)
@@ -1405,7 +1406,7 @@ impl LinkEndpoint {
             None => {
                 self.events.push_back(LinkEvent::Uplink {
                     device: u.device,
-                    payload: u.request.payload.clone(),
+                    payload: std::mem::take(&mut u.request.payload),
                 });
                 self.device_respond(u.key, &u.request, &u.binding, Code::CHANGED);
             }

@@ -15,7 +15,8 @@ pub(crate) type DevKey = (SocketAddr, u32);
 /// deadlines of the marked sessions, so the index is exact after each refresh.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
-    map: HashMap<DevKey, Session>,
+    /// Boxed: a session is large, and growing the map then moves pointers only.
+    map: HashMap<DevKey, Box<Session>>,
     /// Keys whose deadline may have changed since the last refresh.
     dirty: Vec<DevKey>,
     /// `(deadline, key)` of every session with a timer, ordered (deterministic).
@@ -35,24 +36,26 @@ fn deadline(s: &Session) -> Option<Instant> {
 
 impl Sessions {
     pub fn get(&self, k: &DevKey) -> Option<&Session> {
-        self.map.get(k)
+        self.map.get(k).map(|b| &**b)
     }
 
     pub fn get_mut(&mut self, k: &DevKey) -> Option<&mut Session> {
         let s = self.map.get_mut(k)?;
-        self.dirty.push(*k);
-        Some(s)
+        if self.dirty.last() != Some(k) {
+            self.dirty.push(*k);
+        }
+        Some(&mut **s)
     }
 
     pub fn insert(&mut self, k: DevKey, s: Session) -> Option<Session> {
         self.dirty.push(k);
-        self.map.insert(k, s)
+        self.map.insert(k, Box::new(s)).map(|b| *b)
     }
 
     pub fn remove(&mut self, k: &DevKey) -> Option<Session> {
         let s = self.map.remove(k)?;
         self.dirty.push(*k);
-        Some(s)
+        Some(*s)
     }
 
     pub fn contains_key(&self, k: &DevKey) -> bool {
@@ -68,13 +71,13 @@ impl Sessions {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Session> {
-        self.map.values()
+        self.map.values().map(|b| &**b)
     }
 
     /// Re-indexes the sessions touched since the last call.
     pub fn refresh(&mut self) {
         for k in std::mem::take(&mut self.dirty) {
-            let new = self.map.get(&k).and_then(deadline);
+            let new = self.map.get(&k).and_then(|s| deadline(s));
             let old = self.armed.get(&k).copied();
             if new == old {
                 continue;
@@ -95,7 +98,7 @@ impl Sessions {
         let pending = self
             .dirty
             .iter()
-            .filter_map(|k| self.map.get(k).and_then(deadline))
+            .filter_map(|k| self.map.get(k).and_then(|s| deadline(s)))
             .min();
         let indexed = self.timers.first().map(|(t, _)| *t);
         match (pending, indexed) {
