@@ -11,18 +11,18 @@ use super::session::Session;
 pub(crate) type DevKey = (SocketAddr, u32);
 
 /// The device sessions, keyed like a `HashMap`, plus a deadline index. Every mutable access
-/// (`get_mut`, `insert`, `remove`) marks the key; [`Sessions::refresh`] then re-reads the
-/// deadlines of the marked sessions, so the index is exact after each refresh.
+/// (`get_mut`, `insert`) marks the key (`remove` unindexes at once); [`Sessions::refresh`]
+/// then re-reads the deadlines of the marked sessions, so the index is exact after each
+/// refresh.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
-    /// Boxed: a session is large, and growing the map then moves pointers only.
-    map: HashMap<DevKey, Box<Session>>,
+    /// Each session (boxed: it is large, and growing the map then moves pointers only)
+    /// with the deadline it is indexed under in `timers`.
+    map: HashMap<DevKey, (Box<Session>, Option<Instant>)>,
     /// Keys whose deadline may have changed since the last refresh.
     dirty: Vec<DevKey>,
     /// `(deadline, key)` of every session with a timer, ordered (deterministic).
     timers: BTreeSet<(Instant, DevKey)>,
-    /// The deadline each key is indexed under.
-    armed: HashMap<DevKey, Instant>,
 }
 
 /// When a session needs [`super::LinkEndpoint::handle_timeout`]: its CoAP-EAP
@@ -36,11 +36,11 @@ fn deadline(s: &Session) -> Option<Instant> {
 
 impl Sessions {
     pub fn get(&self, k: &DevKey) -> Option<&Session> {
-        self.map.get(k).map(|b| &**b)
+        self.map.get(k).map(|(b, _)| &**b)
     }
 
     pub fn get_mut(&mut self, k: &DevKey) -> Option<&mut Session> {
-        let s = self.map.get_mut(k)?;
+        let (s, _) = self.map.get_mut(k)?;
         if self.dirty.last() != Some(k) {
             self.dirty.push(*k);
         }
@@ -49,12 +49,18 @@ impl Sessions {
 
     pub fn insert(&mut self, k: DevKey, s: Session) -> Option<Session> {
         self.dirty.push(k);
-        self.map.insert(k, Box::new(s)).map(|b| *b)
+        let old = self.map.insert(k, (Box::new(s), None))?;
+        if let Some(t) = old.1 {
+            self.timers.remove(&(t, k));
+        }
+        Some(*old.0)
     }
 
     pub fn remove(&mut self, k: &DevKey) -> Option<Session> {
-        let s = self.map.remove(k)?;
-        self.dirty.push(*k);
+        let (s, armed) = self.map.remove(k)?;
+        if let Some(t) = armed {
+            self.timers.remove(&(t, *k));
+        }
         Some(*s)
     }
 
@@ -71,24 +77,25 @@ impl Sessions {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Session> {
-        self.map.values().map(|b| &**b)
+        self.map.values().map(|(b, _)| &**b)
     }
 
     /// Re-indexes the sessions touched since the last call.
     pub fn refresh(&mut self) {
         for k in std::mem::take(&mut self.dirty) {
-            let new = self.map.get(&k).and_then(|s| deadline(s));
-            let old = self.armed.get(&k).copied();
-            if new == old {
+            let Some((s, armed)) = self.map.get_mut(&k) else {
+                continue;
+            };
+            let new = deadline(s);
+            if new == *armed {
                 continue;
             }
-            if let Some(t) = old {
+            if let Some(t) = armed.take() {
                 self.timers.remove(&(t, k));
-                self.armed.remove(&k);
             }
             if let Some(t) = new {
                 self.timers.insert((t, k));
-                self.armed.insert(k, t);
+                *armed = Some(t);
             }
         }
     }
@@ -98,7 +105,7 @@ impl Sessions {
         let pending = self
             .dirty
             .iter()
-            .filter_map(|k| self.map.get(k).and_then(|s| deadline(s)))
+            .filter_map(|k| self.map.get(k).and_then(|(s, _)| deadline(s)))
             .min();
         let indexed = self.timers.first().map(|(t, _)| *t);
         match (pending, indexed) {
