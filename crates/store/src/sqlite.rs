@@ -1104,15 +1104,26 @@ impl SubscriberStore for SqliteStore {
             // A read transaction: every answer comes from the same snapshot.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let mut out = Vec::with_capacity(pairs.len());
+            // A batch's pairs usually name one gateway: its status is read once (same
+            // snapshot, same answer).
+            let mut gateways: Vec<(&Imsi, Option<SubscriberStatus>)> = Vec::new();
             for (device, gateway) in &pairs {
                 let bound = tx
                     .prepare_cached(
                         "SELECT 1 FROM gateway_binding WHERE device = ?1 AND gateway = ?2",
                     )?
                     .exists(params![device.as_str(), gateway.as_str()])?;
+                let gateway_status = match gateways.iter().find(|(g, _)| *g == gateway) {
+                    Some((_, st)) => *st,
+                    None => {
+                        let st = status_of(&tx, gateway, SubscriberKind::Gateway)?;
+                        gateways.push((gateway, st));
+                        st
+                    }
+                };
                 out.push(Authorization {
                     device_status: status_of(&tx, device, SubscriberKind::Device)?,
-                    gateway_status: status_of(&tx, gateway, SubscriberKind::Gateway)?,
+                    gateway_status,
                     bound,
                 });
             }
