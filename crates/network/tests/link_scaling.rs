@@ -801,7 +801,10 @@ fn gateway_reboot_rebinds_device_contexts_by_kid() {
     sim.authenticate_gateway();
     // The network confirms the gateway when its protected 2.04 arrives.
     sim.run_until(Duration::from_secs(1), |_| false);
-    assert_eq!(sim.net.stats().handles_voided - before.handles_voided, u64::from(n));
+    assert_eq!(
+        sim.net.stats().handles_voided - before.handles_voided,
+        u64::from(n)
+    );
     // The devices speak in reverse order: device n-1 gets handle 0 (device 0's before).
     sim.authenticated = 0;
     sim.delivered = 0;
@@ -844,8 +847,10 @@ fn gateway_rekeying_keeps_handles() {
     let acked = sim.acked;
     sim.devices[0].send_uplink(now, b"during").unwrap();
     sim.dirty.insert(0);
-    assert!(sim.run_until(Duration::from_secs(30), move |s| s.gw_authenticated
-        && s.acked > acked));
+    assert!(
+        sim.run_until(Duration::from_secs(30), move |s| s.gw_authenticated
+            && s.acked > acked)
+    );
     assert_eq!(sim.net.stats().handles_voided, 0);
     assert!(sim.uplink_from(1, Duration::from_secs(10)));
     assert_eq!(sim.net.stats().rebound, 0);
@@ -864,7 +869,9 @@ fn device_without_context_gets_4_01_and_reauthenticates() {
     let dropped_before = sim.net.stats().dropped.get(&DropCause::NoContext).copied();
     // Idle: the gateway reports the device gone, the network forgets its session.
     sim.run_until(Duration::from_secs(60), |_| false);
-    assert!(!sim.net.is_device_authenticated(&Imsi::new(&device_imsi(0)).unwrap()));
+    assert!(!sim
+        .net
+        .is_device_authenticated(&Imsi::new(&device_imsi(0)).unwrap()));
     sim.authenticated = 0;
     let now = sim.now;
     sim.devices[0].send_uplink(now, b"lost").unwrap();

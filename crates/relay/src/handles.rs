@@ -141,9 +141,7 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
     /// When the next handle becomes idle for `idle` (for the driver's timer); `None` if empty
     /// (or never representable).
     pub fn next_expiry(&self, idle: Duration) -> Option<Instant> {
-        self.by_time
-            .first()
-            .and_then(|(t, _)| t.checked_add(idle))
+        self.by_time.first().and_then(|(t, _)| t.checked_add(idle))
     }
 }
 

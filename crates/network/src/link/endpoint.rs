@@ -26,6 +26,10 @@ use super::{DropCause, FailureCause, LinkAudit, LinkConfig, LinkError, LinkEvent
 
 use super::timers::{DevKey, Sessions};
 
+/// A device request verified (or not) under a session's contexts, and whether the context
+/// awaiting key confirmation verified it (see `unprotect_device_request`).
+type Unprotected = (Result<(Message, RequestBinding), OscoreError>, bool);
+
 /// Largest batch payload the network sends: 64 KiB (§4) less room for CoAP and OSCORE
 /// headers, so that the protected message still fits one UDP datagram.
 const MAX_SEND_BATCH: usize = 60 * 1024;
@@ -1806,12 +1810,7 @@ impl LinkEndpoint {
     /// sender's ID). The first that verifies it is bound to `key` (a session that was
     /// there moves to the orphans, or ends if it holds no context). `None`: no context
     /// with this kid behind this gateway.
-    fn adopt_by_kid(
-        &mut self,
-        key: DevKey,
-        kid: &[u8],
-        msg: &Message,
-    ) -> Option<(Result<(Message, RequestBinding), OscoreError>, bool)> {
+    fn adopt_by_kid(&mut self, key: DevKey, kid: &[u8], msg: &Message) -> Option<Unprotected> {
         let okey = (key.0, kid.to_vec());
         let candidates = self.orphans.get_mut(&okey)?;
         let mut last = None;

@@ -51,6 +51,17 @@
 //!   barred or unknown is forgotten: its devices end that way, the batch's `2.04` carrying
 //!   their refusals is the last message under its link context, later requests get an
 //!   unprotected 4.01 and it relays nothing until it authenticates again.
+//! - **Gateway restart** (PROTOCOL.md §4): a gateway that authenticates from scratch (no
+//!   message of it verified under its old link context during the run) numbers its devices
+//!   afresh, so its old handles are void: device sessions holding an OSCORE context are
+//!   kept aside ([`LinkStats::handles_voided`]) and re-bound to the handle on which a
+//!   protected request verifies under them, found by its OSCORE `kid`
+//!   ([`LinkStats::rebound`]); a protected request whose `kid` matches no context behind
+//!   the gateway gets an unprotected 4.01 (RFC 8613 §8.2), so the device re-authenticates
+//!   at once.
+//! - Timers: device-session deadlines are indexed (no walk over every session per
+//!   [`LinkEndpoint::poll_timeout`]); [`LinkEndpoint::handle_timeout`] runs the due ones in
+//!   deadline order, so same-seed runs are identical.
 //! - Replayed or tampered messages on either OSCORE layer are dropped and counted
 //!   ([`LinkStats::dropped`]); no input bytes can make it panic.
 //!
