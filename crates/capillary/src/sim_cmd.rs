@@ -101,6 +101,16 @@ pub struct SimArgs {
     /// Naive mode: `POST /r` outstanding at once at each end (NSTART).
     #[arg(long, default_value_t = 4)]
     naive_nstart: usize,
+    /// Devices: ACK_TIMEOUT of their uplinks (ms, RFC 7252 §4.8); raise it above the
+    /// link's round trip on slow links (NB-IoT).
+    #[arg(long, default_value_t = 2000.0)]
+    device_ack_timeout_ms: f64,
+    /// Devices: CoAP-EAP trigger interval (ms, RFC 9820 §3.2).
+    #[arg(long, default_value_t = 10_000.0)]
+    device_trigger_interval_ms: f64,
+    /// Devices: CoAP-EAP exchange timeout (ms).
+    #[arg(long, default_value_t = 60_000.0)]
+    device_exchange_timeout_ms: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -251,6 +261,11 @@ pub fn run(args: SimArgs) -> Result<()> {
                         device_cpu: ms(args.device_cpu_us / 1000.0)?,
                         network_cpu: ms(args.network_cpu_us / 1000.0)?,
                         naive_nstart: args.naive_nstart,
+                        device_timers: capillary_sim::DeviceTimers {
+                            ack_timeout: ms(args.device_ack_timeout_ms)?,
+                            trigger_interval: ms(args.device_trigger_interval_ms)?,
+                            exchange_timeout: ms(args.device_exchange_timeout_ms)?,
+                        },
                         seed: args.seed,
                         time_limit: ms(args.limit_s * 1000.0)?,
                         without: capillary_sim::Without::parse(&args.without)?,

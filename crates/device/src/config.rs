@@ -1,6 +1,9 @@
 //! Device configuration.
 
+use std::time::Duration;
+
 use capillary_aka::vector::UsimConfig;
+use capillary_coap::reliability::TransmissionParams;
 use capillary_secrets::{Imsi, Opc, K};
 
 /// Default EAP realm (TS 23.003 §14.2 form for MCC 001 / MNC 01, the test network).
@@ -34,11 +37,28 @@ pub struct DeviceConfig {
     /// RID-I: the OSCORE Recipient ID this device announces (RFC 9820 §5.1), at most
     /// [`MAX_RID_LEN`] bytes.
     pub rid_i: Vec<u8>,
+    /// CoAP transmission parameters of the device's own requests (uplinks: ACK_TIMEOUT,
+    /// ACK_RANDOM_FACTOR, MAX_RETRANSMIT, NSTART) and of its duplicate detection
+    /// (EXCHANGE_LIFETIME). Default: RFC 7252 §4.8 (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4). On
+    /// a link whose round trip approaches ACK_TIMEOUT (NB-IoT), raise it (RFC 7252 §4.8
+    /// lets the application environment choose).
+    pub transmission: TransmissionParams,
+    /// CoAP-EAP (RFC 9820 §3.2): wait this long for the first request after a trigger
+    /// before sending it again. Default 10 s.
+    pub trigger_interval: Duration,
+    /// Triggers sent before the authentication fails as unresponsive. Default 4.
+    pub max_triggers: u32,
+    /// CoAP-EAP: time to wait for the network's next request during an authentication
+    /// before giving up. Default 60 s.
+    pub exchange_timeout: Duration,
 }
 
 impl DeviceConfig {
     /// Defaults: realm [`DEFAULT_REALM`], network name [`DEFAULT_NETWORK_NAME`], default
-    /// USIM parameters (IND 5 bits, Δ = 2^28, no L), and `rid_i` from [`rid_i_from_imsi`].
+    /// USIM parameters (IND 5 bits, Δ = 2^28, no L), `rid_i` from [`rid_i_from_imsi`], the
+    /// RFC 7252 transmission parameters and the CoAP-EAP timers of
+    /// [`capillary_coap_eap::PeerConfig::new`] (trigger every 10 s, 4 triggers, 60 s
+    /// exchange timeout).
     pub fn new(imsi: Imsi, k: K, opc: Opc) -> Self {
         let rid_i = rid_i_from_imsi(&imsi);
         Self {
@@ -49,6 +69,10 @@ impl DeviceConfig {
             realm: DEFAULT_REALM.to_owned(),
             network_name: DEFAULT_NETWORK_NAME.to_owned(),
             rid_i,
+            transmission: TransmissionParams::default(),
+            trigger_interval: Duration::from_secs(10),
+            max_triggers: 4,
+            exchange_timeout: Duration::from_secs(60),
         }
     }
 
@@ -65,9 +89,10 @@ impl DeviceConfig {
 /// Capillary's default RID-I: the last four IMSI digits as a big-endian `u16` (2 bytes,
 /// e.g. IMSI `001010000000001` → `00 01`).
 ///
-/// RID-I only has to differ from the network's RID-C (RFC 9820 §5.1): the network finds a
-/// device's context by its IMSI, not by the OSCORE ID, so collisions between devices are
-/// harmless. Deriving it from the IMSI keeps the device deterministic.
+/// RID-I must differ from the network's RID-C (RFC 9820 §5.1). After a gateway restart the
+/// network finds a device's context by this ID (the OSCORE `kid`, docs/PROTOCOL.md §4), so
+/// it should be unique among the devices behind one gateway; a collision only costs a
+/// failed verification. Deriving it from the IMSI keeps the device deterministic.
 pub fn rid_i_from_imsi(imsi: &Imsi) -> Vec<u8> {
     let digits = imsi.as_str().as_bytes();
     let tail = &digits[digits.len().saturating_sub(4)..];

@@ -134,6 +134,9 @@ pub struct Device {
     next_uplink_id: u64,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<DeviceEvent>,
+    /// An unprotected 4.01 answered an uplink under the current context: the network has no
+    /// context for this device (RFC 8613 §8.2), so it authenticates again at once.
+    context_lost: bool,
 }
 
 impl fmt::Debug for Device {
@@ -171,13 +174,16 @@ impl Device {
         });
         let first_mid = (rng.next_u32() & 0xffff) as u16;
         let resource_seed = rng.next_u32() & 0x00ff_ffff;
-        let coap_eap =
-            CoapEapPeer::new(PeerConfig::new(cfg.rid_i.clone(), resource_seed, first_mid));
+        let mut pcfg = PeerConfig::new(cfg.rid_i.clone(), resource_seed, first_mid);
+        pcfg.trigger_interval = cfg.trigger_interval;
+        pcfg.max_triggers = cfg.max_triggers;
+        pcfg.exchange_timeout = cfg.exchange_timeout;
+        let coap_eap = CoapEapPeer::new(pcfg);
         // Own requests use the other half of the Message ID space from the CoAP-EAP peer's
         // responses and triggers (RFC 7252 §4.4: one ID space per endpoint pair).
         let mids = MessageIdAllocator::new(first_mid.wrapping_add(0x8000));
         let tokens = TokenAllocator::new(8, rng.next_u64());
-        let params = TransmissionParams::default();
+        let params = cfg.transmission;
         Self {
             rng,
             usim,
@@ -202,6 +208,7 @@ impl Device {
             next_uplink_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            context_lost: false,
         }
     }
 
@@ -255,6 +262,12 @@ impl Device {
                 }
             }
             _ => self.on_separate_response(now, &msg),
+        }
+        if std::mem::take(&mut self.context_lost) && self.coap_eap.is_authenticated() {
+            // RFC 8613 §8.2 "Security context not found" (e.g. the network no longer knows
+            // this device after its gateway restarted, docs/PROTOCOL.md §4): the current
+            // context stays usable until a new one is confirmed (RFC 9820 §3.4).
+            self.start(now);
         }
         self.pump(now);
         self.gc_previous();
@@ -683,6 +696,11 @@ impl Device {
             // An unprotected 2.xx cannot come from the network's OSCORE endpoint.
             None
         } else {
+            if msg.code == Code::UNAUTHORIZED
+                && self.current.as_ref().map(|s| s.generation) == Some(f.generation)
+            {
+                self.context_lost = true;
+            }
             Some(Some(DeviceError::Rejected(msg.code)))
         };
         match outcome {

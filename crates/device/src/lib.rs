@@ -54,9 +54,13 @@
 //!   7252 retransmission); if the network no longer verifies the old context it ends with
 //!   [`DeviceEvent::UplinkFailed`] and the application decides whether to send it again
 //!   (no silent re-protection under the new keys, which could deliver it twice).
-//! - An unprotected 4.01 to an uplink (e.g. the network lost the context) is reported as
-//!   [`DeviceError::Rejected`]; since it is unauthenticated the device does not
-//!   re-authenticate by itself — the driver may call [`Device::start`].
+//! - An unprotected 4.01 to an uplink sent under the current context ("Security context
+//!   not found", RFC 8613 §8.2: e.g. the network lost the context, or no longer knows the
+//!   device after its gateway restarted, docs/PROTOCOL.md §4) is reported as
+//!   [`DeviceError::Rejected`] and, unless a run is already in progress, starts a new
+//!   authentication at once (as [`Device::start`]), instead of after the CoAP give-up.
+//!   Since the 4.01 is unauthenticated the current context is kept until the new one is
+//!   confirmed: a forged 4.01 costs one authentication, nothing more.
 //! - Uplinks: NSTART = 1 (RFC 7252 §4.7); further uplinks wait in a queue of at most
 //!   [`MAX_QUEUED_UPLINKS`], payloads at most [`MAX_UPLINK_PAYLOAD`] bytes (so the protected
 //!   message stays under the 1,152-byte relay limit, PROTOCOL.md §4).

@@ -449,3 +449,28 @@ fn same_seed_same_bytes() {
     let c = scenario(43);
     assert_ne!(a, c);
 }
+
+/// The device's CoAP timers come from its configuration (`DeviceConfig::transmission`):
+/// with ACK_TIMEOUT 8 s (random factor 1) an unanswered uplink is sent 5 times over
+/// 8 + 16 + 32 + 64 s and fails at 2 × 8 × 2^4 - 8 s = 248 s, not at the default ~93 s.
+#[test]
+fn uplink_timers_follow_the_configuration() {
+    let mut cfg = device_config();
+    cfg.transmission.ack_timeout = Duration::from_secs(8);
+    cfg.transmission.ack_random_factor = 1.0;
+    let mut s = Sim::with(cfg, 9, Duration::from_secs(3600));
+    s.authenticate();
+    s.cut = true;
+    let before = s.device_sent.len();
+    let start = s.now;
+    let id = s.device.send_uplink(s.now, b"lost").unwrap();
+    let failed = DeviceEvent::UplinkFailed {
+        id,
+        reason: DeviceError::Timeout,
+    };
+    s.advance(Duration::from_secs(200));
+    assert!(!s.events.contains(&failed));
+    assert!(s.run_until(Duration::from_secs(100), |s| s.events.contains(&failed)));
+    assert!(s.now - start >= Duration::from_secs(240));
+    assert_eq!(s.device_sent.len() - before, 5);
+}

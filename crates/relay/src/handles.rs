@@ -7,7 +7,7 @@
 //! other ~4 billion have been used: a late answer from the network for a departed device
 //! cannot reach a newcomer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -20,11 +20,14 @@ struct Slot<A> {
 }
 
 /// Two-way map between capillary-link addresses (e.g. `SocketAddr`) and `u32` handles, with
-/// idle expiry and a capacity limit.
+/// idle expiry and a capacity limit. The handles are also indexed by when they were last
+/// seen, so the next expiry and the idle handles are found without a scan.
 #[derive(Clone, Debug)]
 pub struct HandleTable<A> {
     by_addr: HashMap<A, u32>,
     by_handle: HashMap<u32, Slot<A>>,
+    /// `(last_seen, handle)` of every handle.
+    by_time: BTreeSet<(Instant, u32)>,
     next: u32,
     capacity: usize,
 }
@@ -35,6 +38,7 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
         HandleTable {
             by_addr: HashMap::new(),
             by_handle: HashMap::new(),
+            by_time: BTreeSet::new(),
             next: 0,
             capacity: capacity.min(u32::MAX as usize),
         }
@@ -60,9 +64,7 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
     /// holds `capacity` devices.
     pub fn handle_for(&mut self, addr: &A, now: Instant) -> Result<u32, RelayError> {
         if let Some(&h) = self.by_addr.get(addr) {
-            if let Some(slot) = self.by_handle.get_mut(&h) {
-                slot.last_seen = now;
-            }
+            self.touch(h, now);
             return Ok(h);
         }
         if self.by_handle.len() >= self.capacity {
@@ -84,6 +86,7 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
                 last_seen: now,
             },
         );
+        self.by_time.insert((now, h));
         Ok(h)
     }
 
@@ -101,7 +104,11 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
     pub fn touch(&mut self, handle: u32, now: Instant) -> bool {
         match self.by_handle.get_mut(&handle) {
             Some(slot) => {
-                slot.last_seen = now;
+                if slot.last_seen != now {
+                    self.by_time.remove(&(slot.last_seen, handle));
+                    self.by_time.insert((now, handle));
+                    slot.last_seen = now;
+                }
                 true
             }
             None => false,
@@ -111,6 +118,7 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
     /// Forget `handle`; returns its address.
     pub fn release(&mut self, handle: u32) -> Option<A> {
         let slot = self.by_handle.remove(&handle)?;
+        self.by_time.remove(&(slot.last_seen, handle));
         self.by_addr.remove(&slot.addr);
         Some(slot.addr)
     }
@@ -119,10 +127,10 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
     /// handle order (the gateway then reports them with `kind 2`, gone).
     pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<(u32, A)> {
         let mut gone: Vec<u32> = self
-            .by_handle
+            .by_time
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.last_seen) >= idle)
-            .map(|(&h, _)| h)
+            .take_while(|(seen, _)| now.saturating_duration_since(*seen) >= idle)
+            .map(|&(_, h)| h)
             .collect();
         gone.sort_unstable();
         gone.into_iter()
@@ -133,17 +141,36 @@ impl<A: Hash + Eq + Clone> HandleTable<A> {
     /// When the next handle becomes idle for `idle` (for the driver's timer); `None` if empty
     /// (or never representable).
     pub fn next_expiry(&self, idle: Duration) -> Option<Instant> {
-        self.by_handle
-            .values()
-            .map(|s| s.last_seen)
-            .min()
-            .and_then(|t| t.checked_add(idle))
+        self.by_time.first().and_then(|(t, _)| t.checked_add(idle))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_follows_the_least_recently_seen_handle() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let idle = Duration::from_secs(10);
+        let mut t = HandleTable::new(10);
+        let a = t.handle_for(&"a", t0).unwrap();
+        let b = t.handle_for(&"b", t0 + s).unwrap();
+        let c = t.handle_for(&"c", t0 + 2 * s).unwrap();
+        assert_eq!(t.next_expiry(idle), Some(t0 + idle));
+        // Seen again: "b" is now the oldest.
+        assert!(t.touch(a, t0 + 3 * s));
+        assert_eq!(t.next_expiry(idle), Some(t0 + s + idle));
+        assert_eq!(t.handle_for(&"b", t0 + 4 * s).unwrap(), b);
+        assert_eq!(t.next_expiry(idle), Some(t0 + 2 * s + idle));
+        assert_eq!(t.release(c), Some("c"));
+        assert_eq!(t.next_expiry(idle), Some(t0 + 3 * s + idle));
+        assert!(t.expire(t0 + 12 * s, idle).is_empty());
+        assert_eq!(t.expire(t0 + 14 * s, idle), vec![(a, "a"), (b, "b")]);
+        assert_eq!(t.next_expiry(idle), None);
+        assert!(t.is_empty());
+    }
 
     #[test]
     fn counter_wraps_and_skips_handles_in_use() {

@@ -354,6 +354,28 @@ impl Preset {
 /// `max_devices` to the number it simulates).
 pub const MAX_DEVICES_PER_GATEWAY: u32 = 10_000;
 
+/// The device timers a simulation sets in every [`DeviceConfig`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceTimers {
+    /// ACK_TIMEOUT of the devices' uplinks (RFC 7252 §4.8; `DeviceConfig::transmission`).
+    pub ack_timeout: Duration,
+    /// CoAP-EAP trigger interval (`DeviceConfig::trigger_interval`).
+    pub trigger_interval: Duration,
+    /// CoAP-EAP exchange timeout (`DeviceConfig::exchange_timeout`).
+    pub exchange_timeout: Duration,
+}
+
+impl Default for DeviceTimers {
+    /// The defaults of [`DeviceConfig::new`]: 2 s (RFC 7252 §4.8), 10 s, 60 s.
+    fn default() -> Self {
+        DeviceTimers {
+            ack_timeout: capillary_coap::reliability::TransmissionParams::default().ack_timeout,
+            trigger_interval: Duration::from_secs(10),
+            exchange_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// One simulation run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
@@ -402,6 +424,10 @@ pub struct SimConfig {
     pub network_cpu: Duration,
     /// Naive mode only: `POST /r` outstanding at once at each end (NSTART, RFC 7252 §4.7).
     pub naive_nstart: usize,
+    /// The devices' CoAP and CoAP-EAP timers ([`DeviceTimers`]); default: the RFC values
+    /// of [`DeviceConfig::new`]. Raise them on links whose round trip approaches them
+    /// (NB-IoT).
+    pub device_timers: DeviceTimers,
     /// Seed of every random choice.
     pub seed: u64,
     /// Optimisations switched off after [`apply_mode`] (none by default).
@@ -440,6 +466,7 @@ impl Default for SimConfig {
             device_cpu: Duration::from_micros(100),
             network_cpu: Duration::from_micros(20),
             naive_nstart: 4,
+            device_timers: DeviceTimers::default(),
             seed: 1,
             time_limit: Duration::from_secs(600),
             without: Without::default(),
@@ -913,7 +940,12 @@ impl Sim {
             // Refused devices: chosen from the seed, independent of N's other devices.
             let r = mix(cfg.seed, 3, u64::from(i)) as f64 / u64::MAX as f64;
             dev[i as usize].bad = r < cfg.refused_fraction;
-            devices.push(Self::device(i, dev[i as usize].bad, rng.next_u64())?);
+            devices.push(Self::device(
+                i,
+                dev[i as usize].bad,
+                cfg.device_timers,
+                rng.next_u64(),
+            )?);
         }
         let g = cfg.gateways as usize;
         Ok(Sim {
@@ -986,14 +1018,18 @@ impl Sim {
 
     /// A fresh device `i` (at the start, or after a reboot); `bad`: a K the store does not
     /// know.
-    fn device(i: u32, bad: bool, seed: u64) -> Result<Device, SimError> {
+    fn device(i: u32, bad: bool, t: DeviceTimers, seed: u64) -> Result<Device, SimError> {
         let s = dev_imsi(i);
         let k = if bad {
             k_of(&format!("{s}-wrong"))?
         } else {
             k_of(&s)?
         };
-        Ok(Device::new(DeviceConfig::new(imsi(&s)?, k, opc()?), seed))
+        let mut cfg = DeviceConfig::new(imsi(&s)?, k, opc()?);
+        cfg.transmission.ack_timeout = t.ack_timeout;
+        cfg.trigger_interval = t.trigger_interval;
+        cfg.exchange_timeout = t.exchange_timeout;
+        Ok(Device::new(cfg, seed))
     }
 
     fn gw_of(&self, dev: u32) -> u32 {
@@ -1272,13 +1308,21 @@ impl Sim {
         let mut authed = false;
         let mut failed = false;
         let mut uplink_failed = false;
+        let mut self_restarted = false;
         while let Some(ev) = self.devices[i as usize].poll_event() {
             match ev {
                 DeviceEvent::Authenticated { .. } => authed = true,
                 DeviceEvent::UplinkAcked { .. } => self.c.acked += 1,
-                DeviceEvent::UplinkFailed { .. } => {
+                DeviceEvent::UplinkFailed { reason, .. } => {
                     self.c.uplink_failed += 1;
                     uplink_failed = true;
+                    // "Security context not found" (RFC 8613 §8.2): the device starts a
+                    // new authentication by itself.
+                    self_restarted |= matches!(
+                        reason,
+                        capillary_device::DeviceError::Rejected(c)
+                            if c == capillary_coap::Code::UNAUTHORIZED
+                    );
                 }
                 DeviceEvent::Failed(_) => failed = true,
                 _ => {}
@@ -1329,7 +1373,9 @@ impl Sim {
                 st.want_uplink = true;
                 if !st.reauthenticating {
                     st.reauthenticating = true;
-                    self.devices[i as usize].start(now);
+                    if !self_restarted {
+                        self.devices[i as usize].start(now);
+                    }
                 }
             }
         }
@@ -1731,7 +1777,8 @@ impl Sim {
             if devices || reattach {
                 if devices {
                     let seed = self.rng.next_u64();
-                    self.devices[i as usize] = Self::device(i, false, seed)?;
+                    let timers = self.cfg.device_timers;
+                    self.devices[i as usize] = Self::device(i, false, timers, seed)?;
                 }
                 self.dev[i as usize].reauthenticating = true;
                 self.schedule(at, Ev::Start(i));

@@ -1218,15 +1218,39 @@ impl SubscriberStore for SqliteStore {
             // A read transaction: every answer comes from the same snapshot.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let mut out = Vec::with_capacity(pairs.len());
+            // A batch's pairs usually name one gateway: its status is read once (same
+            // snapshot, same answer).
+            let mut gateways: Vec<(&Imsi, Option<SubscriberStatus>)> = Vec::new();
             for (device, gateway) in &pairs {
-                let bound = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM gateway_binding WHERE device = ?1 AND gateway = ?2",
-                    )?
-                    .exists(params![device.as_str(), gateway.as_str()])?;
+                // One statement per pair: the device's status (NULL when it is not a device
+                // subscriber) and whether the binding exists.
+                let mut stmt = tx.prepare_cached(
+                    "SELECT (SELECT status FROM subscriber WHERE imsi = ?1 AND kind = ?3),
+                            EXISTS (SELECT 1 FROM gateway_binding
+                                    WHERE device = ?1 AND gateway = ?2)",
+                )?;
+                let mut rows = stmt.query(params![
+                    device.as_str(),
+                    gateway.as_str(),
+                    SubscriberKind::Device.as_str()
+                ])?;
+                let row = rows.next()?.ok_or_else(|| corrupt("authorization"))?;
+                let device_status = match row.get_ref(0)? {
+                    ValueRef::Null => None,
+                    _ => Some(col_status(row, 0)?),
+                };
+                let bound = row.get::<_, i64>(1)? != 0;
+                let gateway_status = match gateways.iter().find(|(g, _)| *g == gateway) {
+                    Some((_, st)) => *st,
+                    None => {
+                        let st = status_of(&tx, gateway, SubscriberKind::Gateway)?;
+                        gateways.push((gateway, st));
+                        st
+                    }
+                };
                 out.push(Authorization {
-                    device_status: status_of(&tx, device, SubscriberKind::Device)?,
-                    gateway_status: status_of(&tx, gateway, SubscriberKind::Gateway)?,
+                    device_status,
+                    gateway_status,
                     bound,
                 });
             }

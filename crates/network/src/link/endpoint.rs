@@ -24,8 +24,11 @@ use rand::{Rng, SeedableRng};
 use super::session::{Finish, Need, Pumped, Session};
 use super::{DropCause, FailureCause, LinkAudit, LinkConfig, LinkError, LinkEvent, LinkStats};
 
-/// A device is known by the gateway it came through and the gateway's handle (§4).
-type DevKey = (SocketAddr, u32);
+use super::timers::{DevKey, Sessions};
+
+/// A device request verified (or not) under a session's contexts, and whether the context
+/// awaiting key confirmation verified it (see `unprotect_device_request`).
+type Unprotected = (Result<(Message, RequestBinding), OscoreError>, bool);
 
 /// Largest batch payload the network sends: 64 KiB (§4) less room for CoAP and OSCORE
 /// headers, so that the protected message still fits one UDP datagram.
@@ -56,6 +59,11 @@ struct Gateway {
     /// PROTOCOL.md §6.2: one vector per bound device, fetched when the gateway
     /// authenticated, with the instant it stops being used; each is taken at most once.
     prefetched: HashMap<Imsi, (AuthVector, Instant)>,
+    /// A message from the gateway verified under its link context since its last CoAP-EAP
+    /// trigger: the link was live during the run (a re-keying, §3.3). When its run ends
+    /// without one, the gateway authenticated from scratch and its handles are void
+    /// (PROTOCOL.md §4 "Gateway restart").
+    link_heard: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,8 +170,12 @@ pub struct LinkEndpoint {
     cfg: LinkConfig,
     rng: StdRng,
     gateways: HashMap<SocketAddr, Gateway>,
-    devices: HashMap<DevKey, Session>,
+    devices: Sessions,
     by_imsi: HashMap<Imsi, DevKey>,
+    /// PROTOCOL.md §4 "Gateway restart": authenticated device sessions whose handle was
+    /// voided, by (gateway, kid = the device's Sender ID), until an OSCORE-protected
+    /// request verified under their context re-binds them to a handle.
+    orphans: HashMap<(SocketAddr, Vec<u8>), Vec<Session>>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
     held: HashMap<u64, Held>,
@@ -203,8 +215,9 @@ impl LinkEndpoint {
             cfg,
             rng: StdRng::seed_from_u64(seed),
             gateways: HashMap::new(),
-            devices: HashMap::new(),
+            devices: Sessions::default(),
             by_imsi: HashMap::new(),
+            orphans: HashMap::new(),
             tickets: HashMap::new(),
             next_ticket: 1,
             held: HashMap::new(),
@@ -287,10 +300,7 @@ impl LinkEndpoint {
             .gateways
             .values()
             .flat_map(|g| [g.session.auth.poll_timeout(), g.outbox.poll_timeout()]);
-        let devs = self
-            .devices
-            .values()
-            .flat_map(|s| [s.auth.poll_timeout(), s.downlink.outbox.poll_timeout()]);
+        let devs = [self.devices.next_deadline()];
         let held = self.held.values().map(|h| Some(h.deadline));
         let window = self.cfg.batch_window;
         let batches = self.gateways.values().map(|g| {
@@ -313,7 +323,8 @@ impl LinkEndpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = Some(now);
         let mut acc = Acc::default();
-        let addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        let mut addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        addrs.sort_unstable();
         for addr in addrs {
             let mut p = Pumped::default();
             let mut resend = Vec::new();
@@ -336,8 +347,8 @@ impl LinkEndpoint {
             }
             self.route_gateway(addr, p, &mut acc);
         }
-        let keys: Vec<DevKey> = self.devices.keys().copied().collect();
-        for key in keys {
+        // Only the sessions whose timer is due, in deadline order (deterministic).
+        for key in self.devices.due(now) {
             let mut p = Pumped::default();
             let mut relay = Vec::new();
             let mut failed = 0;
@@ -628,7 +639,7 @@ impl LinkEndpoint {
     /// (it proves the gateway never sees any of them). Gateways' own keys are not included.
     pub fn dangerous_export_secrets(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        for s in self.devices.values() {
+        for s in self.devices.values().chain(self.orphans.values().flatten()) {
             for k in [&s.keys, &s.new_keys].into_iter().flatten() {
                 k.export(&mut out);
             }
@@ -658,8 +669,11 @@ impl LinkEndpoint {
                     held: 0,
                     one_way: false,
                     prefetched: HashMap::new(),
+                    link_heard: false,
                 };
                 self.gateways.insert(from, gw);
+            } else if let Some(gw) = self.gateways.get_mut(&from) {
+                gw.link_heard = false;
             }
             self.feed_gateway(now, from, msg);
             return;
@@ -709,6 +723,13 @@ impl LinkEndpoint {
             Some(g) => Self::unprotect_device_request(&mut g.session, msg),
             None => (Err(OscoreError::UnknownKid), false),
         };
+        // Only the link context in use before the run proves a live link: a request under
+        // the new context (the first batch overtaking the 2.04, §4.1) comes from the run.
+        if res.is_ok() && !by_new_keys {
+            if let Some(gw) = self.gateways.get_mut(&from) {
+                gw.link_heard = true;
+            }
+        }
         if by_new_keys && res.is_ok() {
             // PROTOCOL.md §4.1: a `POST /r` under the gateway's new context that overtook
             // its protected 2.04 to EAP-Success proves key possession (RFC 9820 §3.3), as
@@ -776,8 +797,9 @@ impl LinkEndpoint {
         inner: &Message,
         binding: RequestBinding,
     ) {
+        // Only the type, Message ID and token are needed to answer: not the whole batch.
         let respond = RespondTo {
-            request: outer.clone(),
+            request: Message::new(outer.ty, outer.code, outer.message_id, outer.token.clone()),
             binding,
         };
         if inner.code != Code::POST || inner.uri_path() != ["r"] {
@@ -883,6 +905,7 @@ impl LinkEndpoint {
         };
         gw.outbox.cancel(req_mid);
         gw.out_requests.remove(&req_mid);
+        gw.link_heard = true;
         self.stats.round_trips += 1;
         if msg.ty == MessageType::Con {
             if let Ok(b) = Message::empty_ack(mid).encode() {
@@ -988,8 +1011,14 @@ impl LinkEndpoint {
         if s.run_in_progress() || s.new_keys.is_some() {
             return s.imsi.clone().map(|i| (i, s.generation));
         }
+        // A protected message under another kid is not this session's (a gateway restart,
+        // PROTOCOL.md §4): it is routed by its kid and authorized then.
         let protected = matches!(&e.kind, EntryKind::Coap(b)
-            if Message::parse(b).is_ok_and(|m| m.has_option(option_number::OSCORE)));
+            if Message::parse(b).is_ok_and(|m| m
+                .option(option_number::OSCORE)
+                .and_then(|v| capillary_oscore::OscoreOption::decode(v).ok())
+                .and_then(|o| o.kid)
+                .is_some_and(|k| Self::session_has_kid(s, k))));
         match (&s.keys_imsi, protected) {
             (Some(i), true) => Some((i.clone(), s.generation)),
             _ => None,
@@ -1144,7 +1173,15 @@ impl LinkEndpoint {
     fn flush(&mut self, now: Instant) {
         let max = self.cfg.max_batch_entries;
         let window = self.cfg.batch_window;
-        for (addr, gw) in self.gateways.iter_mut() {
+        // The timer index follows every session touched by the call that flushes.
+        self.devices.refresh();
+        // In address order: the RNG draws (retransmission jitter) are deterministic.
+        let mut addrs: Vec<SocketAddr> = self.gateways.keys().copied().collect();
+        addrs.sort_unstable();
+        for addr in addrs {
+            let Some(gw) = self.gateways.get_mut(&addr) else {
+                continue;
+            };
             if gw.pending.is_empty() {
                 gw.pending_since = None;
                 continue;
@@ -1193,7 +1230,7 @@ impl LinkEndpoint {
                     self.stats.one_way_out += 1;
                     self.stats.batches_out += 1;
                     self.stats.entries_out += n;
-                    self.transmits.push_back((*addr, bytes));
+                    self.transmits.push_back((addr, bytes));
                 }
                 continue;
             }
@@ -1211,7 +1248,7 @@ impl LinkEndpoint {
             gw.out_requests.insert(mid, (token, binding));
             self.stats.batches_out += 1;
             self.stats.entries_out += n;
-            self.transmits.push_back((*addr, bytes));
+            self.transmits.push_back((addr, bytes));
         }
     }
 
@@ -1275,9 +1312,34 @@ impl LinkEndpoint {
         acc: &mut Acc,
     ) {
         let mid = msg.message_id;
-        let (res, by_new_keys) = match self.devices.get_mut(&key) {
-            Some(s) => Self::unprotect_device_request(s, msg),
-            None => (Err(OscoreError::UnknownKid), false),
+        let kid = msg
+            .option(option_number::OSCORE)
+            .and_then(|v| capillary_oscore::OscoreOption::decode(v).ok())
+            .and_then(|o| o.kid)
+            .map(<[u8]>::to_vec);
+        let here = self
+            .devices
+            .get(&key)
+            .is_some_and(|s| kid.as_deref().is_some_and(|k| Self::session_has_kid(s, k)));
+        let mut rebound = false;
+        let (res, by_new_keys) = match (here, kid) {
+            (true, _) => match self.devices.get_mut(&key) {
+                Some(s) => Self::unprotect_device_request(s, msg),
+                None => (Err(OscoreError::UnknownKid), false),
+            },
+            (false, Some(kid)) => match self.adopt_by_kid(key, &kid, msg) {
+                Some(r) => {
+                    rebound = r.0.is_ok();
+                    r
+                }
+                None => {
+                    // No context with this kid behind this gateway (RFC 8613 §8.2).
+                    count(&mut self.stats.dropped, DropCause::NoContext);
+                    self.device_no_context(key, msg);
+                    return;
+                }
+            },
+            (false, None) => (Err(OscoreError::UnknownKid), false),
         };
         if by_new_keys && res.is_ok() {
             // The device's 2.04 to the EAP-Success was lost, yet it already uses the new
@@ -1329,7 +1391,7 @@ impl LinkEndpoint {
             &s.keys_imsi,
             gw_imsi,
         ) {
-            (true, Some(device), Some(_)) if self.preauthorized => {
+            (true, Some(device), Some(_)) if self.preauthorized && !rebound => {
                 // §6: the batch's Authorize already allowed this device.
                 let u = PendingUplink {
                     key,
@@ -1411,7 +1473,7 @@ impl LinkEndpoint {
         self.push_entry(key, bytes);
     }
 
-    fn finish_uplink(&mut self, u: PendingUplink, denial: Option<AuditEvent>) {
+    fn finish_uplink(&mut self, mut u: PendingUplink, denial: Option<AuditEvent>) {
         let current = self
             .devices
             .get(&u.key)
@@ -1423,7 +1485,7 @@ impl LinkEndpoint {
             None => {
                 self.events.push_back(LinkEvent::Uplink {
                     device: u.device,
-                    payload: u.request.payload.clone(),
+                    payload: std::mem::take(&mut u.request.payload),
                 });
                 self.device_respond(u.key, &u.request, &u.binding, Code::CHANGED);
             }
@@ -1546,6 +1608,7 @@ impl LinkEndpoint {
         addr: SocketAddr,
         held_back: &mut Vec<(DevKey, Vec<Entry>)>,
     ) {
+        self.orphans.retain(|(a, _), _| *a != addr);
         let Some(gw_imsi) = self.gateway_imsi(addr) else {
             self.gateways.remove(&addr);
             return;
@@ -1764,6 +1827,118 @@ impl LinkEndpoint {
         }
     }
 
+    /// PROTOCOL.md §4 "Gateway restart": the gateway at `addr` authenticated from scratch
+    /// (no message of it verified under the old link context during its run), so the
+    /// handles it used before mean nothing now (a rebooted gateway numbers its devices
+    /// afresh). Every session behind it leaves its handle: one holding an OSCORE context
+    /// becomes an orphan found by its kid ([`Self::adopt_by_kid`]), a run without one ends
+    /// (the device starts over); device-bound entries still waiting for the old handles are
+    /// dropped.
+    fn void_handles(&mut self, addr: SocketAddr) {
+        let mut keys: Vec<DevKey> = self
+            .devices
+            .keys()
+            .filter(|k| k.0 == addr)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        for key in keys {
+            let Some(s) = self.devices.remove(&key) else {
+                continue;
+            };
+            self.stats.handles_voided += 1;
+            if let Some(imsi) = &s.keys_imsi {
+                if self.by_imsi.get(imsi) == Some(&key) {
+                    self.by_imsi.remove(imsi);
+                }
+            }
+            if let Some(kid) = Self::session_kid(&s) {
+                self.orphans.entry((addr, kid)).or_default().push(s);
+            }
+        }
+        if let Some(gw) = self.gateways.get_mut(&addr) {
+            gw.pending.clear();
+            gw.pending_since = None;
+        }
+    }
+
+    /// The kid a device puts in its requests (its Sender ID = our Recipient ID), from the
+    /// confirmed context, else from the one awaiting key confirmation.
+    fn session_kid(s: &Session) -> Option<Vec<u8>> {
+        s.keys
+            .as_ref()
+            .or(s.new_keys.as_ref())
+            .map(|k| k.ctx.recipient_id().to_vec())
+    }
+
+    /// Does `s` hold a context (confirmed or awaiting confirmation) for requests with `kid`?
+    fn session_has_kid(s: &Session, kid: &[u8]) -> bool {
+        [&s.keys, &s.new_keys]
+            .into_iter()
+            .flatten()
+            .any(|k| k.ctx.recipient_id() == kid)
+    }
+
+    /// PROTOCOL.md §4 "Gateway restart": a protected device request on handle `key` that
+    /// no session there can verify (none, or another kid) is tried on the orphaned
+    /// sessions of this gateway with the request's kid (RFC 8613 §6.1: the kid is the
+    /// sender's ID). The first that verifies it is bound to `key` (a session that was
+    /// there moves to the orphans, or ends if it holds no context). `None`: no context
+    /// with this kid behind this gateway.
+    fn adopt_by_kid(&mut self, key: DevKey, kid: &[u8], msg: &Message) -> Option<Unprotected> {
+        let okey = (key.0, kid.to_vec());
+        let candidates = self.orphans.get_mut(&okey)?;
+        let mut last = None;
+        let mut found = None;
+        for (i, s) in candidates.iter_mut().enumerate() {
+            let r = Self::unprotect_device_request(s, msg);
+            if r.0.is_ok() {
+                found = Some((i, r));
+                break;
+            }
+            last = Some(r);
+        }
+        let Some((i, r)) = found else {
+            return Some(last.unwrap_or((Err(OscoreError::UnknownKid), false)));
+        };
+        let s = candidates.swap_remove(i);
+        if candidates.is_empty() {
+            self.orphans.remove(&okey);
+        }
+        if let Some(old) = self.devices.remove(&key) {
+            if let Some(imsi) = &old.keys_imsi {
+                if self.by_imsi.get(imsi) == Some(&key) {
+                    self.by_imsi.remove(imsi);
+                }
+            }
+            if let Some(k) = Self::session_kid(&old) {
+                self.orphans.entry((key.0, k)).or_default().push(old);
+            }
+        }
+        if let Some(imsi) = s.keys_imsi.clone() {
+            if let Some(prev) = self.by_imsi.insert(imsi, key) {
+                if prev != key {
+                    self.devices.remove(&prev);
+                }
+            }
+        }
+        self.devices.insert(key, s);
+        self.stats.rebound += 1;
+        Some(r)
+    }
+
+    /// RFC 8613 §8.2: "Security context not found", an unprotected 4.01 relayed to the
+    /// device, which then authenticates again at once (PROTOCOL.md §4 "Gateway restart").
+    fn device_no_context(&mut self, key: DevKey, msg: &Message) {
+        let mid = self.rng.gen();
+        if let Some(b) = OscoreError::UnknownKid
+            .error_response(msg, mid)
+            .and_then(|r| r.encode().ok())
+        {
+            self.push_entry(key, b);
+        }
+    }
+
     fn route_gateway(&mut self, addr: SocketAddr, mut p: Pumped, acc: &mut Acc) {
         self.keep_reauth(&mut p);
         for b in p.out {
@@ -1776,6 +1951,7 @@ impl LinkEndpoint {
         let imsi = gw.session.imsi.clone();
         let fast = gw.session.last_method == Some(Method::FastReauth);
         let mut again = None;
+        let restarted = !gw.link_heard;
         for need in p.needs {
             let owner = Owner::Gateway(addr, generation);
             match need {
@@ -1798,6 +1974,9 @@ impl LinkEndpoint {
                     self.stats.authenticated += 1;
                     if fast {
                         self.stats.fast_reauths += 1;
+                    }
+                    if restarted {
+                        self.void_handles(addr);
                     }
                     self.start_prefetch(addr, imsi.clone());
                     if let Some(imsi) = imsi.clone() {
@@ -1980,6 +2159,7 @@ impl LinkEndpoint {
                     let Some(imsi) = s.keys_imsi.clone() else {
                         continue;
                     };
+                    let kid = Self::session_kid(s);
                     self.stats.authenticated += 1;
                     if s.last_method == Some(Method::FastReauth) {
                         self.stats.fast_reauths += 1;
@@ -1987,6 +2167,16 @@ impl LinkEndpoint {
                     if let Some(old) = self.by_imsi.insert(imsi.clone(), key) {
                         if old != key {
                             self.devices.remove(&old);
+                        }
+                    }
+                    // An orphaned context of this device (gateway restart) is superseded.
+                    if let Some(kid) = kid {
+                        let okey = (key.0, kid);
+                        if let Some(v) = self.orphans.get_mut(&okey) {
+                            v.retain(|o| o.keys_imsi.as_ref() != Some(&imsi));
+                            if v.is_empty() {
+                                self.orphans.remove(&okey);
+                            }
                         }
                     }
                     let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);

@@ -57,6 +57,17 @@
 //!   authenticates ([`LinkEvent::PrefetchVectors`], [`LinkEndpoint::provide_prefetch`]), so
 //!   the identity step of an attach needs no store round trip. Either way the batch that
 //!   carries the device's answer is authorized from the store before EAP-Success (§6).
+//! - **Gateway restart** (PROTOCOL.md §4): a gateway that authenticates from scratch (no
+//!   message of it verified under its old link context during the run) numbers its devices
+//!   afresh, so its old handles are void: device sessions holding an OSCORE context are
+//!   kept aside ([`LinkStats::handles_voided`]) and re-bound to the handle on which a
+//!   protected request verifies under them, found by its OSCORE `kid`
+//!   ([`LinkStats::rebound`]); a protected request whose `kid` matches no context behind
+//!   the gateway gets an unprotected 4.01 (RFC 8613 §8.2), so the device re-authenticates
+//!   at once.
+//! - Timers: device-session deadlines are indexed (no walk over every session per
+//!   [`LinkEndpoint::poll_timeout`]); [`LinkEndpoint::handle_timeout`] runs the due ones in
+//!   deadline order, so same-seed runs are identical.
 //! - Replayed or tampered messages on either OSCORE layer are dropped and counted
 //!   ([`LinkStats::dropped`]); no input bytes can make it panic.
 //!
@@ -70,6 +81,7 @@
 
 mod endpoint;
 mod session;
+mod timers;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -387,6 +399,12 @@ pub struct LinkStats {
     pub one_way_out: u64,
     /// `kind 3` entries that started a device run (PROTOCOL.md §5).
     pub local_identities: u64,
+    /// Device sessions whose handle was voided because their gateway authenticated from
+    /// scratch (PROTOCOL.md §4 "Gateway restart").
+    pub handles_voided: u64,
+    /// Orphaned device contexts bound to a new handle by the kid of a request that
+    /// verified under them (PROTOCOL.md §4 "Gateway restart").
+    pub rebound: u64,
     /// Failed authentications by cause.
     pub failures: BTreeMap<FailureCause, u64>,
     /// Dropped inputs by cause.

@@ -234,9 +234,9 @@ impl Session {
     ) -> Result<bool, capillary_coap_eap::AuthError> {
         let started = self.auth.handle_local_identity(now, request, response)?;
         if started {
-            let id = capillary_coap_eap::info::Payload::parse(&request.payload)
-                .map(|p| p.eap_identifier())
-                .unwrap_or_default();
+            // The payload starts with the EAP packet (`EAP ‖ CBOR(info)`, RFC 9820 §5.1),
+            // already checked by the authenticator: its Identifier is the second byte.
+            let id = request.payload.get(1).copied().unwrap_or_default();
             self.begin_run(rng, cfg, id);
         }
         Ok(started)
