@@ -54,6 +54,10 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The gateway's NSTART on the link (`capillary gateway --link-nstart`); loopback is a
+    /// fast link, so a whole wave goes at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub link_nstart: u16,
     /// Print every gateway-link datagram (monotonic time, direction, bytes) and the
     /// gateway's counters on standard error.
     #[arg(long)]
@@ -457,7 +461,9 @@ pub async fn run_bench(args: &Args, data_dir: PathBuf) -> Result<Outcome> {
 
     let mut gcfg = GatewayConfig::new(gw_imsi, K::from_slice(&gw_k)?, Opc::from_slice(&gw_opc)?);
     gcfg.max_devices = args.devices as usize;
-    let gw = Gateway::with_options(gcfg, GatewayOptions::default(), rng.next_u64());
+    let mut opts = GatewayOptions::default();
+    opts.link.nstart = usize::from(args.link_nstart);
+    let gw = Gateway::with_options(gcfg, opts, rng.next_u64());
     let sock = UdpSocket::bind("127.0.0.1:0").context("binding the gateway's link socket")?;
     // As `capillary gateway`: a wave's answer is a burst of 60 KiB datagrams.
     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);

@@ -43,6 +43,10 @@ pub struct DemoArgs {
     /// The gateway sends key confirmations in confirmable batches (docs/PROTOCOL.md §4.1).
     #[arg(long)]
     pub no_confirm_one_way: bool,
+    /// The gateway's NSTART on the link (`capillary gateway --link-nstart`); loopback is a
+    /// fast link, so the demo lets a whole wave go at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub link_nstart: u16,
 }
 
 /// The outcome of a demo run.
@@ -353,11 +357,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let opts = GatewayOptions {
+    let mut opts = GatewayOptions {
         local_identity: !args.no_local_identity,
         confirm_one_way: !args.no_confirm_one_way,
         ..GatewayOptions::default()
     };
+    opts.link.nstart = usize::from(args.link_nstart);
     let result = rt.block_on(run_demo(
         args.devices,
         opts,
