@@ -46,6 +46,15 @@ pub struct ServerConfig {
     pub result_indication: bool,
     /// Lifetime the driver should give stored re-authentication records.
     pub reauth_lifetime_secs: u64,
+    /// Random bytes in each pseudonym and re-authentication identity issued (hex-encoded,
+    /// so twice as many characters), 8..=32 (values outside are clamped). Default 16. They
+    /// only need to be unguessable and unlinkable (RFC 4187 §4.1.1.7, §4.1.1.8): 8 bytes
+    /// (64 bits) suffice where every identity byte costs air time.
+    pub issued_id_bytes: usize,
+    /// Append the realm of the identity in use to re-authentication identities (a full NAI,
+    /// RFC 4187 §4.1.1.8, so that AAA proxies can route them; default `true`). Where the
+    /// server is reached without routing (the gateway link) the realm is dead weight.
+    pub reauth_id_realm: bool,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +66,8 @@ impl Default for ServerConfig {
             max_reauth: 16,
             result_indication: false,
             reauth_lifetime_secs: 3600,
+            issued_id_bytes: 16,
+            reauth_id_realm: true,
         }
     }
 }
@@ -375,11 +386,12 @@ impl core::fmt::Debug for EapAkaServer {
     }
 }
 
-fn hex_id(rng: &mut dyn RngCore) -> String {
-    let mut b = [0u8; 16];
-    rng.fill_bytes(&mut b);
-    let mut s = String::with_capacity(32);
-    for x in b {
+fn hex_id(rng: &mut dyn RngCore, bytes: usize) -> String {
+    let mut b = [0u8; 32];
+    let b = &mut b[..bytes.clamp(8, 32)];
+    rng.fill_bytes(b);
+    let mut s = String::with_capacity(2 * b.len());
+    for x in b.iter() {
         s.push_str(&format!("{x:02x}"));
     }
     s
@@ -744,6 +756,9 @@ impl EapAkaServer {
     }
 
     fn realm_suffix(&self) -> String {
+        if !self.cfg.reauth_id_realm {
+            return String::new();
+        }
         let text = String::from_utf8_lossy(&self.identity);
         match split_realm(&text).1 {
             Some(r) => format!("@{r}"),
@@ -785,7 +800,11 @@ impl EapAkaServer {
         let keys = prime::reauth_keys(&rec.k_re, &self.identity, counter, &nonce_s);
         let mut inner = vec![Attribute::Counter(counter), Attribute::NonceS(nonce_s)];
         if self.cfg.fast_reauth && counter < self.cfg.max_reauth {
-            let next = format!("{REAUTH_PREFIX}{}{}", hex_id(rng), self.realm_suffix());
+            let next = format!(
+                "{REAUTH_PREFIX}{}{}",
+                hex_id(rng, self.cfg.issued_id_bytes),
+                self.realm_suffix()
+            );
             inner.push(Attribute::NextReauthId(next.clone().into_bytes()));
             self.events.push_back(ServerEvent::PersistReauth {
                 reauth_id: next,
@@ -863,7 +882,10 @@ impl EapAkaServer {
 
         let mut inner = Vec::new();
         if self.cfg.pseudonyms {
-            let p = format!("{PSEUDONYM_PREFIX}{}", hex_id(rng));
+            let p = format!(
+                "{PSEUDONYM_PREFIX}{}",
+                hex_id(rng, self.cfg.issued_id_bytes)
+            );
             inner.push(Attribute::NextPseudonym(p.clone().into_bytes()));
             self.events.push_back(ServerEvent::PersistPseudonym {
                 pseudonym: p,
@@ -871,7 +893,11 @@ impl EapAkaServer {
             });
         }
         if self.cfg.fast_reauth && self.cfg.max_reauth > 0 {
-            let r = format!("{REAUTH_PREFIX}{}{}", hex_id(rng), self.realm_suffix());
+            let r = format!(
+                "{REAUTH_PREFIX}{}{}",
+                hex_id(rng, self.cfg.issued_id_bytes),
+                self.realm_suffix()
+            );
             inner.push(Attribute::NextReauthId(r.clone().into_bytes()));
             self.events.push_back(ServerEvent::PersistReauth {
                 reauth_id: r,

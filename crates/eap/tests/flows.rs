@@ -643,3 +643,74 @@ fn server_started_reauth_covers_identity_round_in_checkcode() {
     assert_eq!(reauth.attributes.checkcode().unwrap().len(), 32);
     assert_eq!(out.server.sent[2][1], 252);
 }
+
+/// `issued_id_bytes` and `reauth_id_realm` (the gateway link's short identities): a
+/// 64-bit re-authentication identity without a realm, used as issued for a fast
+/// re-authentication, which issues the next one in the same form.
+#[test]
+fn short_reauth_identities_without_realm() {
+    let (mut hss, mut rng) = (Hss::new(), rng(31));
+    let mut u = usim(K_HEX);
+    let mut p = peer(false);
+    let mut c = cfg();
+    c.pseudonyms = false;
+    c.issued_id_bytes = 8;
+    c.reauth_id_realm = false;
+    let short = |id: &str| {
+        id.len() == 17 && id.starts_with('8') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let mut s = EapAkaServer::new(c.clone(), 1);
+    let out = run(
+        &mut s,
+        &mut p,
+        &mut u,
+        &mut hss,
+        &mut rng,
+        true,
+        &mut no_tamper(),
+    );
+    assert_eq!(
+        out.assert_success(),
+        (Method::Full, IdentityKind::Permanent)
+    );
+    let first = p.reauth_id().unwrap().to_owned();
+    assert!(short(&first), "{first}");
+    let mut s = EapAkaServer::new(c.clone(), 1);
+    let out = run(
+        &mut s,
+        &mut p,
+        &mut u,
+        &mut hss,
+        &mut rng,
+        true,
+        &mut no_tamper(),
+    );
+    assert_eq!(
+        out.assert_success(),
+        (Method::FastReauth, IdentityKind::Reauth)
+    );
+    let next = p.reauth_id().unwrap();
+    assert!(short(next) && next != first, "{next}");
+    // Out-of-range sizes are clamped: 0 gives 8 bytes, 100 gives 32.
+    for (asked, chars) in [(0, 17), (100, 65)] {
+        let (mut hss, mut rng) = (Hss::new(), common::rng(32));
+        let mut u = usim(K_HEX);
+        let mut p = peer(false);
+        let mut c = cfg();
+        c.issued_id_bytes = asked;
+        let mut s = EapAkaServer::new(c, 1);
+        let out = run(
+            &mut s,
+            &mut p,
+            &mut u,
+            &mut hss,
+            &mut rng,
+            true,
+            &mut no_tamper(),
+        );
+        out.assert_success();
+        let id = p.reauth_id().unwrap();
+        assert_eq!(id.split('@').next().unwrap().len(), chars, "{id}");
+        assert!(id.ends_with("@wlan.mnc001.mcc001.3gppnetwork.org"), "{id}");
+    }
+}

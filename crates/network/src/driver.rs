@@ -321,7 +321,7 @@ pub async fn run_with_store(
                 network_name: cfg.eap.network_name.clone(),
                 pseudonyms: false,
                 fast_reauth: false,
-                ..capillary_eap::server::ServerConfig::default()
+                ..crate::link::LinkConfig::default().eap
             },
             session_lifetime_secs: cfg.link.session_lifetime_secs,
             fast_reauth: cfg.link.fast_reauth,

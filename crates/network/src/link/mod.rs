@@ -170,6 +170,10 @@ impl Default for LinkConfig {
             eap: ServerConfig {
                 pseudonyms: false,
                 fast_reauth: true,
+                // Bytes on the gateway link and the capillary radio (PROTOCOL.md §6.1):
+                // 64-bit re-authentication identities without a realm (nothing routes them).
+                issued_id_bytes: 8,
+                reauth_id_realm: false,
                 ..ServerConfig::default()
             },
             session_lifetime_secs: 24 * 3600,
