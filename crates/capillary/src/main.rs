@@ -43,7 +43,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the MTC gateway: authenticate to the network, relay and batch device traffic.
     Gateway(gateway_cmd::GatewayArgs),
-    /// Deterministic discrete-event simulation of the gateway system (batched vs naive).
+    /// Deterministic discrete-event simulation of the gateway system (naive, batched, optimised).
     Sim(sim_cmd::SimArgs),
     /// Load generators.
     #[command(subcommand)]
