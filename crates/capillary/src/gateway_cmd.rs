@@ -44,6 +44,11 @@ pub struct GatewayArgs {
     /// (docs/PROTOCOL.md §4.1): one more round trip per attach.
     #[arg(long)]
     pub no_confirm_one_way: bool,
+    /// Do not answer device triggers locally while the gateway's own authentication runs
+    /// (by default their identities leave right behind it, docs/PROTOCOL.md §4.1); they are
+    /// relayed once it is authenticated.
+    #[arg(long)]
+    pub no_first_batch_with_auth: bool,
     /// `POST /r` outstanding at once on the gateway link (NSTART, RFC 7252 §4.7, which
     /// lets the application environment set it). A step of an attach wave larger than this
     /// many 60 KiB datagrams costs one more round trip per NSTART datagrams; on a fast link
@@ -58,6 +63,7 @@ impl GatewayArgs {
         let mut o = GatewayOptions {
             local_identity: !self.no_local_identity,
             confirm_one_way: !self.no_confirm_one_way,
+            first_batch_with_auth: !self.no_first_batch_with_auth,
             ..GatewayOptions::default()
         };
         o.link.nstart = usize::from(self.link_nstart);
