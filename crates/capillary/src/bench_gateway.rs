@@ -18,15 +18,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use capillary_device::{Device, DeviceConfig, DeviceEvent};
-use capillary_gateway::{Gateway, GatewayConfig, GatewayOptions, GatewayStats, Transmit};
-use capillary_network::config::CoreConfig;
-use capillary_secrets::{Amf, Imsi, Opc, Secret, K};
-use capillary_store::{NewSubscriber, OpKind, SqliteStore, SubscriberKind, SubscriberStore};
+use capillary_device::{Device, DeviceEvent};
+use capillary_gateway::{Gateway, GatewayOptions, GatewayStats, Transmit};
 use rand::{RngCore, SeedableRng};
 
 /// Options of `capillary bench gateway`.
@@ -434,70 +430,23 @@ fn recv_one(gw: &mut Gateway<u32>, sock: &UdpSocket, buf: &mut [u8], wait: Durat
     Ok(())
 }
 
-fn random_key(rng: &mut rand::rngs::StdRng) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    rng.fill_bytes(&mut b);
-    b
-}
-
 /// Provisions the population, starts the network side, runs the gateway thread.
 pub async fn run_bench(args: &Args, data_dir: PathBuf) -> Result<Outcome> {
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
-    capillary_network::create_private_dir(&data_dir)?;
-    let store = Arc::new(SqliteStore::open(&data_dir.join("subscribers.db"))?);
+    let (store, mut gcfg, configs) = crate::demo::provision(&data_dir, args.devices).await?;
     let mut rng = rand::rngs::StdRng::from_entropy();
-    let gw_imsi = Imsi::new("001019000000001")?;
-    let (gw_k, gw_opc) = (random_key(&mut rng), random_key(&mut rng));
-    let mut gw_sub = NewSubscriber::new(
-        gw_imsi.clone(),
-        K::from_slice(&gw_k)?,
-        OpKind::Opc(Opc::from_slice(&gw_opc)?),
-        Amf([0x80, 0x00]),
-    );
-    gw_sub.kind = SubscriberKind::Gateway;
-    let mut subs = vec![gw_sub];
-    let mut bindings = Vec::new();
-    let mut devices = Vec::new();
-    for i in 0..args.devices {
-        let imsi = Imsi::new(&format!("0010100{:08}", i + 1))?;
-        let (k, opc) = (random_key(&mut rng), random_key(&mut rng));
-        subs.push(NewSubscriber::new(
-            imsi.clone(),
-            K::from_slice(&k)?,
-            OpKind::Opc(Opc::from_slice(&opc)?),
-            Amf([0x80, 0x00]),
-        ));
-        bindings.push((imsi.clone(), gw_imsi.clone()));
-        let cfg = DeviceConfig::new(imsi, K::from_slice(&k)?, Opc::from_slice(&opc)?);
-        devices.push(Device::new(cfg, rng.next_u64()));
-    }
-    if store.get(&gw_imsi).await?.is_some() {
-        bail!(
-            "{} already holds a population: use an empty --data-dir",
-            data_dir.display()
-        );
-    }
-    store
-        .import_with_bindings(subs, bindings)
-        .await
-        .context("provisioning")?;
-
-    let mut cfg = CoreConfig {
-        data_dir: Some(data_dir.clone()),
-        ..CoreConfig::default()
-    };
-    cfg.radius.listen = "127.0.0.1:0".parse()?;
-    cfg.link.listen = Some("127.0.0.1:0".parse()?);
-    let core = capillary_network::run_with_store(cfg, store.clone()).await?;
+    let devices: Vec<Device> = configs
+        .into_iter()
+        .map(|cfg| Device::new(cfg, rng.next_u64()))
+        .collect();
+    let core = crate::demo::start_core(&data_dir, store).await?;
     let network = core
         .link
         .as_ref()
         .context("gateway link not started")?
         .local_addr;
-
-    let mut gcfg = GatewayConfig::new(gw_imsi, K::from_slice(&gw_k)?, Opc::from_slice(&gw_opc)?);
     gcfg.max_devices = args.devices as usize;
     let mut opts = GatewayOptions::default();
     opts.link.nstart = usize::from(args.link_nstart);

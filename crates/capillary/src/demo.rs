@@ -182,21 +182,18 @@ fn random_key() -> [u8; 16] {
     b
 }
 
-/// Runs the demo and returns its summary.
-pub async fn run_demo(
+/// Creates `data_dir` (0700) with a SQLite store and provisions one gateway subscriber and
+/// `n` active devices bound to it, each with its own random K and OPc. Returns the store,
+/// the gateway's configuration and the devices' (for `capillary demo` and
+/// `capillary bench gateway`). Fails if the directory already holds a population.
+pub(crate) async fn provision(
+    data_dir: &std::path::Path,
     n: u32,
-    opts: GatewayOptions,
-    data_dir: PathBuf,
-    timeout: Duration,
-    progress: bool,
-) -> Result<Summary> {
-    let started = Instant::now();
-    capillary_network::create_private_dir(&data_dir)?;
+) -> Result<(Arc<SqliteStore>, GatewayConfig, Vec<DeviceConfig>)> {
+    capillary_network::create_private_dir(data_dir)?;
     let store = Arc::new(SqliteStore::open(&data_dir.join("subscribers.db"))?);
-    // Provision: one gateway and n devices bound to it, each with its own random K and OPc.
     let gw_imsi = Imsi::new("001019000000001")?;
-    let gw_k = random_key();
-    let gw_opc = random_key();
+    let (gw_k, gw_opc) = (random_key(), random_key());
     let mut gw_sub = NewSubscriber::new(
         gw_imsi.clone(),
         K::from_slice(&gw_k)?,
@@ -227,7 +224,7 @@ pub async fn run_demo(
     }
     if store.get(&gw_imsi).await?.is_some() {
         bail!(
-            "{} already holds a demo population: use an empty --data-dir",
+            "{} already holds a population: use an empty --data-dir",
             data_dir.display()
         );
     }
@@ -235,15 +232,36 @@ pub async fn run_demo(
         .import_with_bindings(subs, bindings)
         .await
         .context("provisioning")?;
+    let gateway = GatewayConfig::new(gw_imsi, K::from_slice(&gw_k)?, Opc::from_slice(&gw_opc)?);
+    Ok((store, gateway, devices))
+}
 
-    // The network side: RADIUS (unused here) and the gateway link, on free loopback ports.
+/// The network side over `store`: RADIUS (unused by the gateway system) and the gateway
+/// link, on free loopback ports.
+pub(crate) async fn start_core(
+    data_dir: &std::path::Path,
+    store: Arc<SqliteStore>,
+) -> Result<capillary_network::CoreHandle> {
     let mut cfg = CoreConfig {
-        data_dir: Some(data_dir.clone()),
+        data_dir: Some(data_dir.to_path_buf()),
         ..CoreConfig::default()
     };
     cfg.radius.listen = "127.0.0.1:0".parse()?;
     cfg.link.listen = Some("127.0.0.1:0".parse()?);
-    let core = capillary_network::run_with_store(cfg, store.clone()).await?;
+    Ok(capillary_network::run_with_store(cfg, store).await?)
+}
+
+/// Runs the demo and returns its summary.
+pub async fn run_demo(
+    n: u32,
+    opts: GatewayOptions,
+    data_dir: PathBuf,
+    timeout: Duration,
+    progress: bool,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let (store, gcfg, devices) = provision(&data_dir, n).await?;
+    let core = start_core(&data_dir, store.clone()).await?;
     let link = core.link.clone().context("gateway link not started")?;
     let mut uplinks = link.uplinks();
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -256,7 +274,6 @@ pub async fn run_demo(
 
     // The gateway, recording every byte it receives and sends.
     let recorder: crate::gateway_cmd::Recorder = Arc::new(Mutex::new(Vec::new()));
-    let gcfg = GatewayConfig::new(gw_imsi, K::from_slice(&gw_k)?, Opc::from_slice(&gw_opc)?);
     let gw = crate::gateway_cmd::spawn(
         gcfg,
         opts,
