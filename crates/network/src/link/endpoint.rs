@@ -1615,13 +1615,7 @@ impl LinkEndpoint {
         };
         let event = AuditEvent::GatewayRevoked;
         let cause = FailureCause::Refused(event.into());
-        let mut keys: Vec<DevKey> = self
-            .devices
-            .keys()
-            .filter(|k| k.0 == addr)
-            .copied()
-            .collect();
-        keys.sort_unstable();
+        let keys = self.device_keys_behind(addr);
         let mut scratch = Acc::default();
         for key in keys {
             let Some(s) = self.devices.get(&key) else {
@@ -1827,6 +1821,18 @@ impl LinkEndpoint {
         }
     }
 
+    /// The sessions behind the gateway at `addr`, in key order (deterministic runs).
+    fn device_keys_behind(&self, addr: SocketAddr) -> Vec<DevKey> {
+        let mut keys: Vec<DevKey> = self
+            .devices
+            .keys()
+            .filter(|k| k.0 == addr)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
     /// PROTOCOL.md §4 "Gateway restart": the gateway at `addr` authenticated from scratch
     /// (no message of it verified under the old link context during its run), so the
     /// handles it used before mean nothing now (a rebooted gateway numbers its devices
@@ -1835,13 +1841,7 @@ impl LinkEndpoint {
     /// (the device starts over); device-bound entries still waiting for the old handles are
     /// dropped.
     fn void_handles(&mut self, addr: SocketAddr) {
-        let mut keys: Vec<DevKey> = self
-            .devices
-            .keys()
-            .filter(|k| k.0 == addr)
-            .copied()
-            .collect();
-        keys.sort_unstable();
+        let keys = self.device_keys_behind(addr);
         for key in keys {
             let Some(s) = self.devices.remove(&key) else {
                 continue;
