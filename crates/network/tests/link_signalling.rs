@@ -226,3 +226,76 @@ fn first_batch_overtaking_the_gateways_key_confirmation_is_served() {
     assert!(w.devices[0].1.authenticated);
     assert_eq!(gw_auths(&w), 1);
 }
+
+/// PROTOCOL.md §4 "Gateway restart" together with §4.1 (first batch with the gateway's
+/// authentication): a rebooted gateway's first batch, sent under its new link context, may
+/// overtake its 2.04 to EAP-Success. That batch comes from the new run, so it must not count
+/// as proof that the old link was alive: the old handles are voided and the device, now on
+/// another handle, is re-bound by its `kid` without re-authenticating.
+#[test]
+fn rebooted_gateways_first_batch_overtaking_its_confirmation_still_voids_old_handles() {
+    let mut w = world(1, 23, LinkConfig::default());
+    attach_all(&mut w);
+    let auths_before = w
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                LinkEvent::Authenticated {
+                    kind: SubscriberKind::Device,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(auths_before, 1);
+
+    // The gateway reboots: a fresh CoAP-EAP peer at the same address, new handle numbering.
+    w.gw = link_support::GatewaySim::new(99);
+    w.gw.peer.start(w.now);
+    for _ in 0..10_000 {
+        if w.gw.peer.authenticated {
+            break;
+        }
+        w.step();
+    }
+    assert!(w.gw.peer.authenticated);
+    // Hold back its protected 2.04 to EAP-Success; the device's next uplink goes first, on
+    // handle 7 now, in the first batch under the new context.
+    let held: Vec<Vec<u8>> = w.gw.peer.out.drain(..).collect();
+    assert!(!held.is_empty());
+    w.devices[0].0 = 7;
+    let up = w.devices[0].1.send_uplink(b"after reboot");
+    w.gw.queue.push(capillary_relay::Entry::coap(7, up));
+    assert!(w.gw.flush());
+    w.settle();
+    for b in held {
+        w.net.handle_datagram(w.now, w.gw_addr, &b);
+    }
+    w.settle();
+
+    let st = w.net.stats();
+    assert!(st.handles_voided >= 1, "{st:?}");
+    assert!(st.rebound >= 1, "{st:?}");
+    assert!(
+        w.log
+            .iter()
+            .any(|e| matches!(e, LinkEvent::Uplink { payload, .. } if payload == b"after reboot")),
+        "the uplink was delivered"
+    );
+    let auths_after = w
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                LinkEvent::Authenticated {
+                    kind: SubscriberKind::Device,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(auths_after, 1, "no device re-authenticated");
+}

@@ -64,6 +64,11 @@ struct Gateway {
     /// without one, the gateway authenticated from scratch and its handles are void
     /// (PROTOCOL.md §4 "Gateway restart").
     link_heard: bool,
+    /// Changes with every link context the gateway establishes (random start): requests are
+    /// deduplicated per (address, epoch), so a request under a new context never gets a
+    /// response cached under an old one (a rebooted gateway may reuse Message IDs within
+    /// EXCHANGE_LIFETIME, RFC 7252 §4.5).
+    link_epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +190,7 @@ pub struct LinkEndpoint {
     store_acc: Acc,
     /// Held batches waiting for `store_acc`.
     store_batches: Vec<u64>,
-    gw_dedup: Dedup<SocketAddr>,
+    gw_dedup: Dedup<(SocketAddr, u64)>,
     dev_dedup: Dedup<DevKey>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<LinkEvent>,
@@ -670,6 +675,7 @@ impl LinkEndpoint {
                     one_way: false,
                     prefetched: HashMap::new(),
                     link_heard: false,
+                    link_epoch: self.rng.gen(),
                 };
                 self.gateways.insert(from, gw);
             } else if let Some(gw) = self.gateways.get_mut(&from) {
@@ -749,19 +755,22 @@ impl LinkEndpoint {
                 return;
             }
         }
+        let dedup_key = (from, self.link_epoch(from));
         match res {
-            Ok((inner, binding)) => match self.gw_dedup.check_typed(now, &from, mid, msg.ty) {
+            Ok((inner, binding)) => match self.gw_dedup.check_typed(now, &dedup_key, mid, msg.ty) {
                 DedupResult::New => self.gw_request(now, from, msg, &inner, binding),
                 DedupResult::Duplicate(cached) => self.gw_duplicate(from, cached),
             },
-            Err(OscoreError::Replay) => match self.gw_dedup.check_typed(now, &from, mid, msg.ty) {
-                // A retransmission of a request already processed (RFC 7252 §4.5).
-                DedupResult::Duplicate(cached) => self.gw_duplicate(from, cached),
-                DedupResult::New => {
-                    count(&mut self.stats.dropped, DropCause::Replay);
-                    self.gw_oscore_error(from, msg, &OscoreError::Replay);
+            Err(OscoreError::Replay) => {
+                match self.gw_dedup.check_typed(now, &dedup_key, mid, msg.ty) {
+                    // A retransmission of a request already processed (RFC 7252 §4.5).
+                    DedupResult::Duplicate(cached) => self.gw_duplicate(from, cached),
+                    DedupResult::New => {
+                        count(&mut self.stats.dropped, DropCause::Replay);
+                        self.gw_oscore_error(from, msg, &OscoreError::Replay);
+                    }
                 }
-            },
+            }
             Err(e) => {
                 let cause = if e == OscoreError::UnknownKid {
                     DropCause::NoContext
@@ -845,8 +854,9 @@ impl LinkEndpoint {
         else {
             return;
         };
+        let key = (from, gw.link_epoch);
         self.gw_dedup
-            .record_response(&from, r.request.message_id, bytes.clone());
+            .record_response(&key, r.request.message_id, bytes.clone());
         self.transmits.push_back((from, bytes));
     }
 
@@ -1821,6 +1831,12 @@ impl LinkEndpoint {
         }
     }
 
+    /// The gateway's current link epoch (0 for an unknown gateway): the second half of its
+    /// requests' deduplication key.
+    fn link_epoch(&self, addr: SocketAddr) -> u64 {
+        self.gateways.get(&addr).map_or(0, |g| g.link_epoch)
+    }
+
     /// The sessions behind the gateway at `addr`, in key order (deterministic runs).
     fn device_keys_behind(&self, addr: SocketAddr) -> Vec<DevKey> {
         let mut keys: Vec<DevKey> = self
@@ -1974,6 +1990,9 @@ impl LinkEndpoint {
                     self.stats.authenticated += 1;
                     if fast {
                         self.stats.fast_reauths += 1;
+                    }
+                    if let Some(g) = self.gateways.get_mut(&addr) {
+                        g.link_epoch = g.link_epoch.wrapping_add(1);
                     }
                     if restarted {
                         self.void_handles(addr);
