@@ -299,3 +299,43 @@ fn rebooted_gateways_first_batch_overtaking_its_confirmation_still_voids_old_han
         .count();
     assert_eq!(auths_after, 1, "no device re-authenticated");
 }
+
+/// PROTOCOL.md §4 "Gateway restart": after the restart device B takes the handle device A
+/// had, and B's next uplink happens to reuse the Message ID of A's last one (each device
+/// numbers its own messages). The network must not answer B from A's cached response (B
+/// could not decrypt it): device requests are deduplicated per handle epoch.
+#[test]
+fn device_rebound_to_anothers_handle_is_not_answered_from_its_cache() {
+    let mut w = world(2, 29, LinkConfig::default());
+    attach_all(&mut w);
+    // A (handle 1) sends an uplink; its response is cached under (gateway, handle 1).
+    let a_mid = w.devices[0].1.next_mid;
+    w.devices[0].1.send_uplink(b"from A");
+    w.settle();
+    assert!(w.devices[0]
+        .1
+        .uplink_acks
+        .contains(&(a_mid, capillary_coap::Code::CHANGED)));
+
+    // The gateway reboots and numbers the devices the other way round.
+    w.gw = link_support::GatewaySim::new(77);
+    w.authenticate_gateway();
+    w.devices[0].0 = 2;
+    w.devices[1].0 = 1;
+    w.devices[1].1.next_mid = a_mid;
+    w.devices[1].1.send_uplink(b"from B");
+    w.settle();
+    assert!(
+        w.devices[1]
+            .1
+            .uplink_acks
+            .contains(&(a_mid, capillary_coap::Code::CHANGED)),
+        "B's uplink acknowledged under B's context: {:?}",
+        w.devices[1].1.uplink_acks
+    );
+    assert!(w
+        .log
+        .iter()
+        .any(|e| matches!(e, LinkEvent::Uplink { payload, .. } if payload == b"from B")));
+    assert!(w.net.stats().rebound >= 1);
+}

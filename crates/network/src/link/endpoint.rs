@@ -69,6 +69,10 @@ struct Gateway {
     /// response cached under an old one (a rebooted gateway may reuse Message IDs within
     /// EXCHANGE_LIFETIME, RFC 7252 §4.5).
     link_epoch: u64,
+    /// Changes whenever the gateway's handles are voided (a restart, PROTOCOL.md §4): device
+    /// requests are deduplicated per (device key, handle epoch), so a device re-bound to a
+    /// handle another device used before never gets that device's cached response.
+    handle_epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,7 +195,7 @@ pub struct LinkEndpoint {
     /// Held batches waiting for `store_acc`.
     store_batches: Vec<u64>,
     gw_dedup: Dedup<(SocketAddr, u64)>,
-    dev_dedup: Dedup<DevKey>,
+    dev_dedup: Dedup<(DevKey, u64)>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<LinkEvent>,
     stats: LinkStats,
@@ -676,6 +680,7 @@ impl LinkEndpoint {
                     prefetched: HashMap::new(),
                     link_heard: false,
                     link_epoch: self.rng.gen(),
+                    handle_epoch: self.rng.gen(),
                 };
                 self.gateways.insert(from, gw);
             } else if let Some(gw) = self.gateways.get_mut(&from) {
@@ -1373,7 +1378,10 @@ impl LinkEndpoint {
         let (inner, binding) = match res {
             Ok(x) => x,
             Err(OscoreError::Replay) => {
-                match self.dev_dedup.check_typed(now, &key, mid, msg.ty) {
+                match self
+                    .dev_dedup
+                    .check_typed(now, &self.dedup_key(key), mid, msg.ty)
+                {
                     DedupResult::Duplicate(cached) => self.dev_duplicate(key, cached),
                     DedupResult::New => count(&mut self.stats.dropped, DropCause::Replay),
                 }
@@ -1388,7 +1396,8 @@ impl LinkEndpoint {
                 return;
             }
         };
-        if let DedupResult::Duplicate(cached) = self.dev_dedup.check_typed(now, &key, mid, msg.ty) {
+        let dk = self.dedup_key(key);
+        if let DedupResult::Duplicate(cached) = self.dev_dedup.check_typed(now, &dk, mid, msg.ty) {
             self.dev_duplicate(key, cached);
             return;
         }
@@ -1478,8 +1487,9 @@ impl LinkEndpoint {
         else {
             return;
         };
+        let dk = self.dedup_key(key);
         self.dev_dedup
-            .record_response(&key, req.message_id, bytes.clone());
+            .record_response(&dk, req.message_id, bytes.clone());
         self.push_entry(key, bytes);
     }
 
@@ -1592,9 +1602,9 @@ impl LinkEndpoint {
         };
         match res {
             Ok((inner, binding)) => {
+                let dk = self.dedup_key(key);
                 if let DedupResult::Duplicate(cached) =
-                    self.dev_dedup
-                        .check_typed(now, &key, msg.message_id, msg.ty)
+                    self.dev_dedup.check_typed(now, &dk, msg.message_id, msg.ty)
                 {
                     self.dev_duplicate(key, cached);
                     return;
@@ -1831,6 +1841,11 @@ impl LinkEndpoint {
         }
     }
 
+    /// A device request's deduplication key: its session key and its gateway's handle epoch.
+    fn dedup_key(&self, key: DevKey) -> (DevKey, u64) {
+        (key, self.gateways.get(&key.0).map_or(0, |g| g.handle_epoch))
+    }
+
     /// The gateway's current link epoch (0 for an unknown gateway): the second half of its
     /// requests' deduplication key.
     fn link_epoch(&self, addr: SocketAddr) -> u64 {
@@ -1857,6 +1872,9 @@ impl LinkEndpoint {
     /// (the device starts over); device-bound entries still waiting for the old handles are
     /// dropped.
     fn void_handles(&mut self, addr: SocketAddr) {
+        if let Some(g) = self.gateways.get_mut(&addr) {
+            g.handle_epoch = g.handle_epoch.wrapping_add(1);
+        }
         let keys = self.device_keys_behind(addr);
         for key in keys {
             let Some(s) = self.devices.remove(&key) else {

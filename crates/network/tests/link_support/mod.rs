@@ -65,7 +65,7 @@ pub struct Peer {
     pub failed: Option<PeerFailure>,
     pub downlinks: Vec<Vec<u8>>,
     pub uplink_acks: Vec<(u16, Code)>,
-    next_mid: u16,
+    pub next_mid: u16,
     /// Protected requests to paths this peer does not serve (the gateway's `r`).
     pub other: VecDeque<(Message, Message, RequestBinding)>,
     /// Protected responses this peer did not match.
