@@ -12,12 +12,10 @@
 //! Master Salt   = KDF(MSK, CS ‖ "COAP-EAP OSCORE MASTER SALT", 8)
 //! ```
 
-use core::fmt;
-
 use capillary_secrets::{Msk, Secret};
 use hkdf::Hkdf;
 use sha2::{Sha256, Sha384};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::Zeroize;
 
 use crate::info::{encode_cipher_suites, CipherSuite};
 
@@ -43,41 +41,9 @@ pub enum KeyError {
     },
 }
 
-macro_rules! oscore_secret {
-    ($(#[$meta:meta])* $name:ident, $len:expr) => {
-        $(#[$meta])*
-        #[derive(Zeroize, ZeroizeOnDrop)]
-        pub struct $name([u8; $len]);
-
-        impl $name {
-            /// Length in bytes.
-            pub const LEN: usize = $len;
-
-            /// Wraps the given bytes.
-            pub const fn from_bytes(bytes: [u8; $len]) -> Self {
-                Self(bytes)
-            }
-
-            /// Reads the secret bytes. Named so that every use is visible in review.
-            pub fn expose(&self) -> &[u8; $len] {
-                &self.0
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(concat!(stringify!($name), "(..)"))
-            }
-        }
-    };
-}
-
-oscore_secret!(
-    /// OSCORE Master Secret derived from the MSK (RFC 9820 §6.2, RFC 8613 §3.1), 16 bytes.
-    MasterSecret, 16);
-oscore_secret!(
-    /// OSCORE Master Salt derived from the MSK (RFC 9820 §6.2, RFC 8613 §3.1), 8 bytes.
-    MasterSalt, 8);
+/// The OSCORE Master Secret and Master Salt live with the other secret types (zeroized,
+/// redacted, constant-time).
+pub use capillary_secrets::{MasterSalt, MasterSecret};
 
 /// The CS input of the derivation: `CBOR(CS-C) ‖ CBOR(CS-I)` (RFC 9820 §6.2). `None` stands
 /// for "not sent" and counts as the default array `[0]`.
@@ -116,7 +82,10 @@ pub fn derive_master(
         2 => expand_with!(Sha384, msk.expose(), cs, &mut secret, &mut salt),
         _ => false,
     };
-    let out = (MasterSecret(secret), MasterSalt(salt));
+    let out = (
+        MasterSecret::from_bytes(secret),
+        MasterSalt::from_bytes(salt),
+    );
     secret.zeroize();
     salt.zeroize();
     if ok {

@@ -12,6 +12,7 @@ use capillary_coap_eap::{
     AuthEvent, AuthFailure, CipherSuite, CoapEapAuthenticator, CoapEapInfo, CoapEapPeer, PeerEvent,
     PeerFailure,
 };
+use capillary_secrets::Secret;
 use common::{Dir, Harness};
 
 #[test]

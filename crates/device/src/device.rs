@@ -16,7 +16,7 @@ use capillary_eap::peer::{
     EapAkaPeer, PeerConfig as AkaPeerConfig, PeerEvent as AkaEvent, PeerFailure as AkaFailure,
 };
 use capillary_oscore::{ContextParams, OscoreError, RequestBinding, SecurityContext};
-use capillary_secrets::{Emsk, Msk};
+use capillary_secrets::{Emsk, Msk, Secret};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 

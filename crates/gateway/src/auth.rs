@@ -16,6 +16,7 @@ use capillary_coap_eap::trigger::is_trigger;
 use capillary_coap_eap::{CoapEapInfo, CoapEapPeer, OscoreMaterial, PeerConfig, PeerEvent};
 use capillary_eap::peer::{EapAkaPeer, PeerConfig as AkaPeerConfig, PeerEvent as AkaPeerEvent};
 use capillary_oscore::{ContextParams, SecurityContext};
+use capillary_secrets::Secret;
 use rand::rngs::StdRng;
 
 use crate::config::{GatewayConfig, GatewayOptions};

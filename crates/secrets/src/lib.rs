@@ -20,5 +20,6 @@ mod secret;
 
 pub use ident::{Amf, Autn, Auts, Imsi, ImsiError, Rand, Sqn};
 pub use secret::{
-    Ck, CkPrime, Emsk, Ik, IkPrime, KAut, KEncr, KRe, Msk, Op, Opc, Res, Secret, SecretError, K,
+    Ck, CkPrime, Emsk, Ik, IkPrime, KAut, KEncr, KRe, MasterSalt, MasterSecret, Msk, Op, Opc, Res,
+    Secret, SecretError, K,
 };

@@ -156,6 +156,14 @@ secret_type!(
 secret_type!(
     /// Extended Master Session Key (RFC 5247), 64 bytes.
     Emsk, 64);
+secret_type!(
+    /// OSCORE Master Secret that CoAP-EAP derives from the MSK (RFC 9820 §6.2,
+    /// RFC 8613 §3.1), 16 bytes.
+    MasterSecret, 16);
+secret_type!(
+    /// OSCORE Master Salt that CoAP-EAP derives from the MSK (RFC 9820 §6.2,
+    /// RFC 8613 §3.1), 8 bytes.
+    MasterSalt, 8);
 
 /// RES / XRES = f2_K(RAND), 4 to 16 bytes (TS 33.102 §6.3.2, TS 35.206 uses 8).
 ///

@@ -11,7 +11,7 @@ use capillary_coap_eap::{
     AuthEvent, AuthFailure, AuthenticatorConfig, CoapEapAuthenticator, CoapEapPeer, OscoreMaterial,
     PeerConfig, PeerEvent, PeerFailure,
 };
-use capillary_secrets::Msk;
+use capillary_secrets::{Msk, Secret};
 
 pub const MSK: [u8; 64] = [0x5a; 64];
 

@@ -14,7 +14,7 @@ use capillary_eap::server::{
     EapAkaServer, FailureReason, Method, ReauthContext, RejectReason, ServerEvent, VectorInput,
 };
 use capillary_oscore::{ContextParams, RequestBinding, SecurityContext};
-use capillary_secrets::{Auts, Emsk, Imsi, Msk, Rand};
+use capillary_secrets::{Auts, Emsk, Imsi, Msk, Rand, Secret};
 use capillary_store::AuditEvent;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -552,5 +552,9 @@ fn build_keys(m: &OscoreMaterial) -> Option<(SecurityContext, [u8; 16], [u8; 8])
     let mut params = ContextParams::new(m.master_secret.expose(), &m.sender_id, &m.recipient_id);
     params.master_salt = m.master_salt.expose();
     let ctx = SecurityContext::new(params).ok()?;
-    Some((ctx, *m.master_secret.expose(), *m.master_salt.expose()))
+    Some((
+        ctx,
+        *m.master_secret.expose_array(),
+        *m.master_salt.expose_array(),
+    ))
 }
