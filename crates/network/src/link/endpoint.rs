@@ -173,6 +173,18 @@ fn count<K: Ord>(map: &mut std::collections::BTreeMap<K, u64>, k: K) {
     *map.entry(k).or_default() += 1;
 }
 
+/// A CoAP message (RFC 7252 §3) from a datagram of the gateway link or a relayed device
+/// datagram, or `None` after counting it as malformed.
+fn parse_counted(stats: &mut LinkStats, bytes: &[u8]) -> Option<Message> {
+    match Message::parse(bytes) {
+        Ok(m) if m.type_code_valid() => Some(m),
+        _ => {
+            count(&mut stats.dropped, DropCause::Malformed);
+            None
+        }
+    }
+}
+
 /// The network end of the gateway link; see the [module docs](super).
 #[derive(Debug)]
 pub struct LinkEndpoint {
@@ -247,12 +259,8 @@ impl LinkEndpoint {
     /// One UDP payload from `from` (a gateway's link address).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.clock = Some(now);
-        let msg = match Message::parse(bytes) {
-            Ok(m) if m.type_code_valid() => m,
-            _ => {
-                count(&mut self.stats.dropped, DropCause::Malformed);
-                return;
-            }
+        let Some(msg) = parse_counted(&mut self.stats, bytes) else {
+            return;
         };
         if msg.has_option(option_number::OSCORE) {
             if msg.code.is_request() {
@@ -1270,12 +1278,8 @@ impl LinkEndpoint {
     // ---- devices ----
 
     fn device_datagram(&mut self, now: Instant, key: DevKey, bytes: &[u8], acc: &mut Acc) {
-        let msg = match Message::parse(bytes) {
-            Ok(m) if m.type_code_valid() => m,
-            _ => {
-                count(&mut self.stats.dropped, DropCause::Malformed);
-                return;
-            }
+        let Some(msg) = parse_counted(&mut self.stats, bytes) else {
+            return;
         };
         if msg.has_option(option_number::OSCORE) {
             if msg.code.is_request() {
