@@ -355,9 +355,18 @@ fn legend(svg: &mut String, series: &[Series], x: f64) {
     }
 }
 
-/// A grouped bar chart: one group per category, one bar per series.
-pub fn bar_chart(title: &str, categories: &[String], series: &[Series], log: bool) -> String {
-    let (wd, ht, x0, y0, plot_w, plot_h) = (720.0, 300.0, 60.0, 260.0, 480.0, 220.0);
+/// Chart frame shared by [`bar_chart`] and [`line_chart`]: size, origin of the axes and
+/// plot area.
+const WIDTH: f64 = 720.0;
+const HEIGHT: f64 = 300.0;
+const X0: f64 = 60.0;
+const Y0: f64 = 260.0;
+const PLOT_W: f64 = 480.0;
+const PLOT_H: f64 = 220.0;
+
+/// The opening of a chart: the SVG element, its title and the y axis scaled to the largest
+/// value of `series`. Returns the SVG so far and the axis maximum.
+fn chart_open(title: &str, series: &[Series], log: bool) -> (String, f64) {
     let vmax = series
         .iter()
         .flat_map(|(_, v)| v.iter().flatten().copied())
@@ -367,11 +376,32 @@ pub fn bar_chart(title: &str, categories: &[String], series: &[Series], log: boo
     } else {
         nice_max(vmax)
     };
+    let (wd, ht, x0) = (WIDTH, HEIGHT, X0);
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{wd}" height="{ht}" viewBox="0 0 {wd} {ht}"><text x="{x0}" y="16" font-size="13" font-weight="bold">{}</text>"##,
         esc(title)
     );
-    axis(&mut svg, x0, y0, plot_h, plot_w, max, log);
+    axis(&mut svg, X0, Y0, PLOT_H, PLOT_W, max, log);
+    (svg, max)
+}
+
+/// The end of a chart: the legend, the x-axis label and the closing tag.
+fn chart_close(mut svg: String, series: &[Series], log: bool) -> String {
+    legend(&mut svg, series, X0 + PLOT_W + 20.0);
+    let _ = write!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">devices N{}</text></svg>"##,
+        X0 + PLOT_W / 2.0,
+        Y0 + 32.0,
+        if log { " (log scale)" } else { "" }
+    );
+    svg
+}
+
+/// A grouped bar chart: one group per category, one bar per series.
+pub fn bar_chart(title: &str, categories: &[String], series: &[Series], log: bool) -> String {
+    let (x0, y0, plot_w, plot_h) = (X0, Y0, PLOT_W, PLOT_H);
+    let (mut svg, max) = chart_open(title, series, log);
     let group = plot_w / categories.len().max(1) as f64;
     let bw = (group * 0.8) / series.len().max(1) as f64;
     for (ci, cat) in categories.iter().enumerate() {
@@ -401,34 +431,13 @@ pub fn bar_chart(title: &str, categories: &[String], series: &[Series], log: boo
             esc(cat)
         );
     }
-    legend(&mut svg, series, x0 + plot_w + 20.0);
-    let _ = write!(
-        svg,
-        r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">devices N{}</text></svg>"##,
-        x0 + plot_w / 2.0,
-        y0 + 32.0,
-        if log { " (log scale)" } else { "" }
-    );
-    svg
+    chart_close(svg, series, log)
 }
 
 /// A line chart: categories evenly spaced on x, one line per series.
 pub fn line_chart(title: &str, categories: &[String], series: &[Series], log: bool) -> String {
-    let (wd, ht, x0, y0, plot_w, plot_h) = (720.0, 300.0, 60.0, 260.0, 480.0, 220.0);
-    let vmax = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().flatten().copied())
-        .fold(0.0, f64::max);
-    let max = if log {
-        nice_max(vmax.max(10.0))
-    } else {
-        nice_max(vmax)
-    };
-    let mut svg = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{wd}" height="{ht}" viewBox="0 0 {wd} {ht}"><text x="{x0}" y="16" font-size="13" font-weight="bold">{}</text>"##,
-        esc(title)
-    );
-    axis(&mut svg, x0, y0, plot_h, plot_w, max, log);
+    let (x0, y0, plot_w, plot_h) = (X0, Y0, PLOT_W, PLOT_H);
+    let (mut svg, max) = chart_open(title, series, log);
     let step = plot_w / categories.len().max(1) as f64;
     let x_of = |i: usize| x0 + step * (i as f64 + 0.5);
     for (i, cat) in categories.iter().enumerate() {
@@ -465,15 +474,7 @@ pub fn line_chart(title: &str, categories: &[String], series: &[Series], log: bo
             );
         }
     }
-    legend(&mut svg, series, x0 + plot_w + 20.0);
-    let _ = write!(
-        svg,
-        r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">devices N{}</text></svg>"##,
-        x0 + plot_w / 2.0,
-        y0 + 32.0,
-        if log { " (log scale)" } else { "" }
-    );
-    svg
+    chart_close(svg, series, log)
 }
 
 /// Series of `metric` per (mode, link, and scenario when several), over the device counts
