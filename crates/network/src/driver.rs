@@ -914,9 +914,6 @@ mod tests {
         async fn add(&self, s: NewSubscriber) -> Result<(), StoreError> {
             self.0.add(s).await
         }
-        async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
-            self.0.import(subs).await
-        }
         async fn get(&self, imsi: &Imsi) -> Result<Option<SubscriberInfo>, StoreError> {
             self.0.get(imsi).await
         }

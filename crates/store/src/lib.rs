@@ -511,7 +511,10 @@ pub trait SubscriberStore: Send + Sync + 'static {
 
     /// Adds many subscribers in one transaction: all or nothing. A duplicate (in the store or
     /// within `subs`) gives [`StoreError::Exists`] and imports nothing. Returns the count.
-    async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError>;
+    /// [`SubscriberStore::import_with_bindings`] without bindings.
+    async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
+        self.import_with_bindings(subs, Vec::new()).await
+    }
 
     /// The public view of one subscriber.
     async fn get(&self, imsi: &Imsi) -> Result<Option<SubscriberInfo>, StoreError>;

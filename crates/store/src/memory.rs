@@ -200,10 +200,6 @@ impl SubscriberStore for MemoryStore {
         Ok(())
     }
 
-    async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
-        self.import_with_bindings(subs, Vec::new()).await
-    }
-
     async fn import_with_bindings(
         &self,
         subs: Vec<NewSubscriber>,

@@ -878,10 +878,6 @@ impl SubscriberStore for SqliteStore {
         .await
     }
 
-    async fn import(&self, subs: Vec<NewSubscriber>) -> Result<usize, StoreError> {
-        self.import_with_bindings(subs, Vec::new()).await
-    }
-
     async fn import_with_bindings(
         &self,
         subs: Vec<NewSubscriber>,
