@@ -882,17 +882,13 @@ impl LinkEndpoint {
         // The key confirmation of the gateway's own CoAP-EAP (RFC 9820 §3.3).
         if msg.ty == MessageType::Ack {
             if let Some((_, binding)) = gw.session.protected_out.get(&mid) {
-                let mut binding = binding.clone();
-                let s = &mut gw.session;
-                let res = match s.new_keys.as_mut() {
-                    Some(k) => k.ctx.unprotect_response(msg, &mut binding),
-                    None => Err(OscoreError::UnknownKid),
-                };
+                let binding = binding.clone();
+                let mut p = Pumped::default();
+                let res =
+                    gw.session
+                        .confirm_keys(now, msg, binding, &mut self.rng, &self.cfg, &mut p);
                 match res {
-                    Ok(inner) => {
-                        let mut p = Pumped::default();
-                        s.auth.handle_oscore_message(now, &inner);
-                        s.pump(now, &mut self.rng, &self.cfg, &mut p);
+                    Ok(()) => {
                         let mut acc = Acc::default();
                         self.route_gateway(from, p, &mut acc);
                         self.emit_tickets(acc, None);
@@ -1732,16 +1728,10 @@ impl LinkEndpoint {
         }
         if let Some((_, binding)) = s.protected_out.get(&mid) {
             // Key confirmation of the device's CoAP-EAP (RFC 9820 §3.3).
-            let mut binding = binding.clone();
-            let res = match s.new_keys.as_mut() {
-                Some(k) => k.ctx.unprotect_response(msg, &mut binding),
-                None => Err(OscoreError::UnknownKid),
-            };
-            match res {
-                Ok(inner) => {
-                    let mut p = Pumped::default();
-                    s.auth.handle_oscore_message(now, &inner);
-                    s.pump(now, &mut self.rng, &self.cfg, &mut p);
+            let binding = binding.clone();
+            let mut p = Pumped::default();
+            match s.confirm_keys(now, msg, binding, &mut self.rng, &self.cfg, &mut p) {
+                Ok(()) => {
                     self.route_device(key, p, acc);
                 }
                 Err(_) => count(&mut self.stats.dropped, DropCause::OscoreInvalid),

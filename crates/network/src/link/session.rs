@@ -488,6 +488,27 @@ impl Session {
         }
     }
 
+    /// Key confirmation (RFC 9820 §3.3): `msg` answers the protected EAP-Success sent with
+    /// `binding`; it must verify under [`Session::new_keys`]. The verified answer goes to the
+    /// authenticator and the session is pumped into `p`.
+    pub fn confirm_keys(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        mut binding: RequestBinding,
+        rng: &mut StdRng,
+        cfg: &LinkConfig,
+        p: &mut Pumped,
+    ) -> Result<(), capillary_oscore::OscoreError> {
+        let inner = match self.new_keys.as_mut() {
+            Some(k) => k.ctx.unprotect_response(msg, &mut binding)?,
+            None => return Err(capillary_oscore::OscoreError::UnknownKid),
+        };
+        self.auth.handle_oscore_message(now, &inner);
+        self.pump(now, rng, cfg, p);
+        Ok(())
+    }
+
     /// Key confirmation by a request (RFC 9820 §3.3): a request from the peer verified
     /// under [`Session::new_keys`], which proves that the peer holds the new OSCORE context
     /// just as its protected 2.04 to the EAP-Success would have (that answer was lost on the
