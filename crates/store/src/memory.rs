@@ -440,12 +440,7 @@ impl SubscriberStore for MemoryStore {
     }
 
     async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
-        rec.check()?;
-        let mut st = self.lock();
-        st.last_audit_id += 1;
-        let id = st.last_audit_id;
-        st.audit.push((id, rec));
-        Ok(())
+        self.audit_batch(vec![rec]).await
     }
 
     async fn audit_batch(&self, recs: Vec<AuditRecord>) -> Result<(), StoreError> {

@@ -1257,22 +1257,7 @@ impl SubscriberStore for SqliteStore {
     }
 
     async fn audit(&self, rec: AuditRecord) -> Result<(), StoreError> {
-        rec.check()?;
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO audit (unix_time, event, subject, gateway, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    unix_to_sql(rec.unix_time),
-                    rec.event.as_str(),
-                    rec.subject.as_str(),
-                    rec.gateway.as_ref().map(Imsi::as_str),
-                    rec.detail,
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.audit_batch(vec![rec]).await
     }
 
     async fn audit_batch(&self, recs: Vec<AuditRecord>) -> Result<(), StoreError> {
